@@ -1,0 +1,1 @@
+"""The StreamVACE engine: pure PyTorch, no ComfyUI imports."""

@@ -1,0 +1,66 @@
+"""Reading weight files safely: .safetensors, or .pth/.pt/.ckpt/.bin through torch.load(weights_only=True).
+
+Every failure is a CheckpointError whose message names the file, what it looked like and the fix.
+"""
+
+import os
+import pickle
+import zipfile
+
+import torch
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be used; the message says which file, why, and what to do."""
+
+
+def read_checkpoint(path: str):
+    """Load a weight file onto the CPU: a flat {name: tensor} dict, or the nested dict a .pth holds."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file. Put the weights there or pick another file.")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download?). Download it again.")
+    lower = path.lower()
+    if lower.endswith(SAFETENSORS_SUFFIXES):
+        return _read_safetensors(path)
+    if lower.endswith(PICKLE_SUFFIXES):
+        return _read_pickle(path)
+    raise CheckpointError(
+        f"{path}: unknown weight file type; expected one of "
+        f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}.")
+
+
+def _read_safetensors(path):
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as error:
+        raise CheckpointError(
+            f"{path}: not a readable .safetensors file ({type(error).__name__}: {error}). "
+            "The file is corrupt or truncated; download it again.") from error
+
+
+def _read_pickle(path):
+    try:
+        mmap = zipfile.is_zipfile(path)  # memory-map the modern zip format instead of reading it all
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: torch.load(weights_only=True) refused it: the file holds Python objects, not only "
+            "tensors, and StreamVACE never runs code from a weight file. Convert it to .safetensors "
+            f"with a tool you trust. ({error})") from error
+    except Exception as error:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weight file ({type(error).__name__}: {error}). "
+            "The file is corrupt or truncated; download it again.") from error
+
+
+def key_summary(keys, limit: int = 5) -> str:
+    """A short, sorted listing of some keys, for error messages."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")

@@ -1,0 +1,70 @@
+"""The stream registry: state that lives across ComfyUI queue runs, keyed by a stream id.
+
+A ComfyUI queue run executes the graph once. A streaming node keeps its state (KV cache, VAE caches,
+previous frames, RNG cursor, ...) here, never in class attributes, so that N queued runs continue one
+stream. Entries are recreated when their signature (model, resolution, seed, ...) changes.
+"""
+
+import threading
+from typing import Any, Callable, Hashable
+
+
+class StreamRegistry:
+    """Named store of per-stream state objects for one kind of stream (e.g. 'wan', 'depth')."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries = {}
+        self._lock = threading.Lock()
+
+    def get(self, stream_id: str):
+        """The state of a stream, or None."""
+        entry = self._entries.get(stream_id)
+        return None if entry is None else entry[1]
+
+    def get_or_create(self, stream_id: str, signature: Hashable, factory: Callable[[], Any]):
+        """The stream's state; a fresh one from `factory` if absent or if its signature changed."""
+        if not stream_id:
+            raise ValueError(f"{self.kind} stream id must not be empty: name the stream (e.g. 'main').")
+        with self._lock:
+            entry = self._entries.get(stream_id)
+            if entry is None or entry[0] != signature:
+                self._entries.pop(stream_id, None)  # free the old state before allocating the new one
+                entry = (signature, factory())
+                self._entries[stream_id] = entry
+            return entry[1]
+
+    def reset(self, stream_id: str) -> bool:
+        """Forget a stream; True if it existed."""
+        with self._lock:
+            return self._entries.pop(stream_id, None) is not None
+
+    def clear(self) -> None:
+        """Forget every stream of this kind."""
+        with self._lock:
+            self._entries.clear()
+
+    def ids(self) -> list:
+        """The ids of the live streams."""
+        return sorted(self._entries)
+
+
+_REGISTRIES = {}
+
+
+def registry(kind: str) -> StreamRegistry:
+    """The process-wide registry for one kind of stream."""
+    if kind not in _REGISTRIES:
+        _REGISTRIES[kind] = StreamRegistry(kind)
+    return _REGISTRIES[kind]
+
+
+def free_streams(stream_id: str = "") -> list:
+    """Free one stream id in every registry (or all streams when empty); returns what was freed."""
+    freed = []
+    for kind, reg in _REGISTRIES.items():
+        for sid in reg.ids():
+            if not stream_id or sid == stream_id:
+                reg.reset(sid)
+                freed.append(f"{kind}:{sid}")
+    return freed
