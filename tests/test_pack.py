@@ -92,4 +92,4 @@ COMFY_CLI = os.path.join(os.path.dirname(sys.executable), "comfy")
 def test_pyproject_passes_comfy_registry_validation():
     result = subprocess.run([COMFY_CLI, "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "passed" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "passed" in result.stdout + result.stderr, result.stdout + result.stderr
