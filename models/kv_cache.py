@@ -1,0 +1,136 @@
+"""The KV cache of a causal stream: buffers allocated once, a fixed attention sink plus a ring buffer.
+
+Contract. A chunk of latent frames [start, start+n) attends to itself (bidirectionally), to the first
+`sink_frames` frames of the stream (the attention sink), and to the last `window_frames` frames before
+it (the rolling window); `window_frames=None` keeps the whole history (Self-Forcing). Keys are stored
+after RoPE at their absolute positions, so slot order does not matter and no mask is needed.
+
+Layout per layer: [sink slots | ring of window_frames + chunk_frames slots]. A chunk writes its K/V into
+the ring slots of the frames that just left the window (never the window itself), then attends over the
+filled prefix [0, attend_tokens). Because the ring fills from its start, that prefix is always
+contiguous: a plain slice, no copies, no masks, no host syncs. Denoising steps and the t = 0 pass of
+the same chunk rewrite the same slots; `commit` only advances a Python int, so an interrupted chunk
+leaves the stream exactly as it was (it only touched slots outside the window).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import attention
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Which past frames a chunk sees: the first `sink_frames` forever + the last `window_frames` (None: all)."""
+
+    sink_frames: int = 0
+    window_frames: int = None
+
+    def __post_init__(self):
+        if self.sink_frames < 0 or (self.window_frames is not None and self.window_frames < 0):
+            raise ValueError(f"sink and window sizes must be >= 0, got {self}")
+
+    def visible_past(self, start_frame: int) -> list:
+        """The earlier frames a chunk starting at `start_frame` attends to, in order."""
+        if self.window_frames is None:
+            return list(range(start_frame))
+        sink = range(min(self.sink_frames, start_frame))
+        window = range(max(self.sink_frames, start_frame - self.window_frames), start_frame)
+        return list(sink) + list(window)
+
+
+def cache_policy(preset: str, chunk_frames: int = 3) -> CachePolicy:
+    """Named policies: 'full' (Self-Forcing), 'longlive' (sink 3, 12 frames attended in all),
+    'motionstream' (c3s1w1: one chunk of sink, one chunk of window)."""
+    if preset == "full":
+        return CachePolicy(0, None)
+    if preset == "longlive":
+        return CachePolicy(3, max(0, 12 - 3 - chunk_frames))
+    if preset == "motionstream":
+        return CachePolicy(chunk_frames, chunk_frames)
+    raise ValueError(f"unknown cache policy {preset!r}; choose 'full', 'longlive' or 'motionstream'")
+
+
+@dataclass(frozen=True)
+class ChunkSlots:
+    """Where one chunk's tokens go: (source token, slot token, length) runs, and the attended prefix."""
+
+    start_frame: int
+    num_frames: int
+    runs: tuple
+    attend_tokens: int
+
+
+class CacheFullError(RuntimeError):
+    """A full-history cache has no room for the next chunk."""
+
+
+class KVCache:
+    """K/V buffers [layers, B, slots, heads, head_dim] for one stream, allocated once."""
+
+    def __init__(self, policy: CachePolicy, *, chunk_frames: int, tokens_per_frame: int, num_layers: int,
+                 batch: int, num_heads: int, head_dim: int, max_frames: int = None, dtype=torch.bfloat16,
+                 device=None):
+        self.policy = policy
+        self.tokens_per_frame = tokens_per_frame
+        if policy.window_frames is None:
+            if max_frames is None:
+                raise ValueError("a full-history cache needs max_frames (the longest stream it must hold)")
+            self.ring_frames = max(0, max_frames - policy.sink_frames)
+        else:
+            self.ring_frames = policy.window_frames + chunk_frames
+        self.capacity_frames = policy.sink_frames + self.ring_frames
+        shape = (num_layers, batch, self.capacity_frames * tokens_per_frame, num_heads, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.frames = 0  # frames committed so far: a Python int, never a tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the K and V buffers."""
+        return self.keys.nbytes + self.values.nbytes
+
+    def _slot(self, frame: int) -> int:
+        sink = self.policy.sink_frames
+        return frame if frame < sink else sink + (frame - sink) % self.ring_frames
+
+    def slots(self, start_frame: int, num_frames: int) -> ChunkSlots:
+        """Plan the writes of the chunk [start_frame, start_frame + num_frames) (pure Python ints)."""
+        end = start_frame + num_frames
+        if self.policy.window_frames is None and end > self.capacity_frames:
+            raise CacheFullError(f"the full-history KV cache holds {self.capacity_frames} latent frames and the "
+                                 f"stream has reached {start_frame}; use a sink + window policy for longer streams")
+        n = self.tokens_per_frame
+        runs = []
+        for offset in range(num_frames):
+            slot = self._slot(start_frame + offset)
+            if runs and runs[-1][1] + runs[-1][2] == slot * n:
+                runs[-1][2] += n
+            else:
+                runs.append([offset * n, slot * n, n])
+        sink = self.policy.sink_frames
+        filled = min(sink, end) + min(self.ring_frames, max(0, end - sink))
+        return ChunkSlots(start_frame, num_frames, tuple(tuple(r) for r in runs), filled * n)
+
+    def attend_fn(self, layer: int, slots: ChunkSlots):
+        """attend(q, k, v) for one layer: write the chunk's k/v into its slots, attend over the filled prefix."""
+        keys, values = self.keys[layer], self.values[layer]
+
+        def attend(q, k, v):
+            for source, slot, length in slots.runs:
+                keys[:, slot:slot + length].copy_(k[:, source:source + length])
+                values[:, slot:slot + length].copy_(v[:, source:source + length])
+            return attention(q, keys[:, :slots.attend_tokens], values[:, :slots.attend_tokens])
+
+        return attend
+
+    def commit(self, slots: ChunkSlots) -> None:
+        """Make a written chunk part of the stream's history."""
+        if slots.start_frame != self.frames:
+            raise RuntimeError(f"chunk starts at frame {slots.start_frame} but the cache holds {self.frames}")
+        self.frames = slots.start_frame + slots.num_frames
+
+    def reset(self) -> None:
+        """Forget the history (the buffers stay allocated)."""
+        self.frames = 0

@@ -1,0 +1,63 @@
+"""Wan's 3-D rotary position embedding, with a frame offset so a chunk can sit anywhere in the stream.
+
+The head dimension d is split into time / height / width parts of d - 4*(d//6), 2*(d//6), 2*(d//6) real
+channels (44/42/42 at d = 128), each a standard 1-D RoPE with theta = 10000. Channels are rotated as
+interleaved (real, imaginary) pairs, as in Wan2.1's `rope_apply`. Angles are computed in float64 from
+integer positions, so there is no 1024-frame table to run out of.
+"""
+
+import torch
+
+THETA = 10000.0
+
+
+def axis_channels(head_dim: int) -> tuple:
+    """Real channels given to the (time, height, width) axes."""
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"head_dim must be even and >= 6, got {head_dim}")
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def _axis_frequencies(channels: int) -> torch.Tensor:
+    return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64) / channels)
+
+
+def rope_angles(head_dim: int, frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Rotation angles [len(frames)*height*width, head_dim/2] (float64) for a grid of tokens.
+
+    `frames` holds the temporal position of each latent frame (an offset chunk is frames = start + arange(F)).
+    """
+    t_ch, h_ch, w_ch = axis_channels(head_dim)
+    frames = frames.to(torch.float64)
+    t = frames[:, None] * _axis_frequencies(t_ch)[None]
+    h = torch.arange(height, dtype=torch.float64)[:, None] * _axis_frequencies(h_ch)[None]
+    w = torch.arange(width, dtype=torch.float64)[:, None] * _axis_frequencies(w_ch)[None]
+    f_n, h_n, w_n = len(frames), height, width
+    grid = torch.cat([
+        t[:, None, None, :].expand(f_n, h_n, w_n, -1),
+        h[None, :, None, :].expand(f_n, h_n, w_n, -1),
+        w[None, None, :, :].expand(f_n, h_n, w_n, -1),
+    ], dim=-1)
+    return grid.reshape(f_n * h_n * w_n, head_dim // 2)
+
+
+class RotaryTable:
+    """cos/sin of the rotation angles for one token grid, ready to apply to [B, L, heads, head_dim]."""
+
+    def __init__(self, angles: torch.Tensor, device=None):
+        self.cos = angles.cos().to(device=device, dtype=torch.float32)[None, :, None, :]
+        self.sin = angles.sin().to(device=device, dtype=torch.float32)[None, :, None, :]
+
+    @classmethod
+    def for_grid(cls, head_dim, start_frame, num_frames, height, width, device=None):
+        """The table for `num_frames` latent frames starting at temporal position `start_frame`."""
+        frames = torch.arange(start_frame, start_frame + num_frames)
+        return cls(rope_angles(head_dim, frames, height, width), device)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate x [B, L, heads, head_dim] (computed in float32, returned in x's dtype)."""
+        pairs = x.float().unflatten(-1, (-1, 2))
+        real, imag = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((real * self.cos - imag * self.sin, real * self.sin + imag * self.cos), dim=-1)
+        return rotated.flatten(-2).to(x.dtype)

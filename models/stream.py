@@ -1,0 +1,210 @@
+"""The causal chunk loop: one video stream generated chunk by chunk over a KV cache (Self-Forcing / LongLive).
+
+For each chunk of `chunk_frames` latent frames: start from seeded noise, run the few-step sampler (each
+step a DiT forward that attends to the cache's sink + window + the chunk itself), then one forward at
+t = 0 on the clean chunk rewrites its K/V slots, and the chunk is committed. Everything a chunk needs is
+allocated when the stream is created; the loop only indexes with Python ints (no host syncs).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import attention
+from .kv_cache import CachePolicy, KVCache, cache_policy
+from .rope import RotaryTable
+from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
+from .vace import combine_hints, vace_hints
+from .wan_dit import WanDiT
+
+VAE_SPATIAL = 8
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything that fixes a stream's shapes and randomness; change any of it and the stream restarts."""
+
+    height: int = 480
+    width: int = 832
+    chunk_frames: int = 3
+    policy: CachePolicy = field(default_factory=lambda: cache_policy("longlive"))
+    steps: tuple = DEFAULT_STEPS
+    warp_steps: bool = True
+    shift: float = DEFAULT_SHIFT
+    seed: int = 0
+    batch: int = 1
+    max_frames: int = 21  # only for the full-history policy
+    vace_in_cache_pass: bool = False  # Scope runs the clean t = 0 pass without VACE hints
+
+
+@dataclass
+class VaceInput:
+    """One VACE control for a chunk: its 96-channel context [B, 96, F, h, w], a strength, optional references."""
+
+    context: torch.Tensor
+    scale: float = 1.0
+    reference: "VaceReference" = None
+
+
+class WanStream:
+    """A causal video stream over a Wan DiT: `set_prompt`, then `next_chunk()` again and again."""
+
+    def __init__(self, model: WanDiT, config: StreamConfig):
+        c = self.config = config
+        self.model = model
+        param = model.head.head.weight
+        self.device, self.dtype = param.device, param.dtype
+        if c.height % 16 or c.width % 16 or c.height <= 0 or c.width <= 0:
+            raise ValueError(f"height and width must be positive multiples of 16, got {c.height}x{c.width}")
+        if c.chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {c.chunk_frames}")
+        self.latent_shape = (c.batch, model.config.in_dim, c.chunk_frames, c.height // VAE_SPATIAL, c.width // VAE_SPATIAL)
+        self.grid = model.token_grid(self.latent_shape)
+        self.tokens_per_frame = self.grid[1] * self.grid[2]
+        self.sigmas = sigma_schedule(c.steps, c.warp_steps, c.shift)
+        mc = model.config
+        self.cache = KVCache(c.policy, chunk_frames=c.chunk_frames, tokens_per_frame=self.tokens_per_frame,
+                             num_layers=mc.num_layers, batch=c.batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
+                             max_frames=c.max_frames, dtype=self.dtype, device=self.device)
+        self.generator = torch.Generator(device=self.device)
+        self._noise = torch.empty(self.latent_shape, dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            self._time = [model.embed_time(torch.full((c.batch,), model_timestep(s), device=self.device))
+                          for s in self.sigmas + [0.0]]
+        self.text_kv = None
+        self.prompt_version = 0
+        self.chunks_done = 0
+
+    @property
+    def frames_done(self) -> int:
+        """Latent frames generated and committed so far."""
+        return self.cache.frames
+
+    def set_prompt(self, text: torch.Tensor) -> None:
+        """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks."""
+        if text.shape[0] not in (1, self.config.batch):
+            raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
+        with torch.inference_mode():
+            base, vace = self.model.text_kv(text.to(self.device).expand(self.config.batch, -1, -1))
+        self.text_kv = (base, vace)
+        self.prompt_version += 1
+
+    def reset(self) -> None:
+        """Start the video over (the prompt and all buffers are kept)."""
+        self.cache.reset()
+        self.chunks_done = 0
+
+    def _rope(self, start_frame: int) -> RotaryTable:
+        return RotaryTable.for_grid(self.model.config.head_dim, start_frame, *self.grid, device=self.device)
+
+    def _check_vace(self, vace) -> list:
+        if not vace:
+            return []
+        if not self.model.has_vace:
+            raise ValueError("VACE control was given but the model has no VACE blocks: load a VACE checkpoint "
+                             "(or add a VACE module file in the loader)")
+        expected = (self.config.batch, self.model.config.vace_in_dim, *self.latent_shape[2:])
+        for item in vace:
+            if tuple(item.context.shape) != expected:
+                raise ValueError(f"VACE context must be {expected} for this stream, got {tuple(item.context.shape)}")
+            if not torch.isfinite(item.context).all():
+                raise ValueError("the VACE context contains NaN or infinite values")
+        return vace
+
+    def _hints(self, vace, x_tokens, e0, slots_rope):
+        per_context = []
+        for item in vace:
+            tokens = self.model.patchify(item.context.to(self.device), self.model.vace_patch_embedding)
+            if item.reference is None:  # chunk-local attention: no cache over past chunks in the VACE branch
+                attends, rope = [attention] * len(self.model.vace_blocks), slots_rope
+            else:
+                attends, rope = item.reference.chunk_attends(self)
+            per_context.append(vace_hints(self.model.vace_blocks, tokens, x_tokens, e0, self.text_kv[1], rope, attends))
+        return combine_hints(per_context, [item.scale for item in vace])
+
+    def _forward(self, x, step, attends, rope, vace):
+        e, e0 = self._time[step]
+        tokens = self.model.patchify(x)
+        hints = self._hints(vace, tokens, e0, rope) if vace else None
+        out = self.model.run_blocks(tokens, e0, self.text_kv[0], rope, attends, hints)
+        return self.model.unpatchify(self.model.head(out, e), self.grid)
+
+    @torch.inference_mode()
+    def next_chunk(self, vace=(), on_step=None) -> torch.Tensor:
+        """Generate, cache and commit the next chunk; returns its normalised latents [B, 16, F, h, w] (float32).
+
+        `vace`: VaceInput controls for this chunk. `on_step(i, n)` is called after each of the n forwards
+        (for progress, and to raise on user interruption); a chunk that raises is not committed.
+        """
+        if self.text_kv is None:
+            raise RuntimeError("set a prompt (stream.set_prompt) before generating")
+        vace = self._check_vace(vace)
+        slots = self.cache.slots(self.cache.frames, self.config.chunk_frames)
+        rope = self._rope(slots.start_frame)
+        attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
+        self.generator.manual_seed(chunk_seed(self.config.seed, self.chunks_done))
+        x = torch.randn(self.latent_shape, generator=self.generator, device=self.device, out=self._noise)
+        total = len(self.sigmas) + 1
+        for step, sigma in enumerate(self.sigmas):
+            x0 = predict_x0(x, self._forward(x, step, attends, rope, vace), sigma)
+            if step + 1 < len(self.sigmas):
+                noise = torch.randn(self.latent_shape, generator=self.generator, device=self.device, out=self._noise)
+                x = renoise(x0, noise, self.sigmas[step + 1])
+            if on_step is not None:
+                on_step(step, total)
+        self._forward(x0, len(self.sigmas), attends, rope, vace if self.config.vace_in_cache_pass else ())
+        if on_step is not None:
+            on_step(total - 1, total)
+        self.cache.commit(slots)
+        self.chunks_done += 1
+        return x0
+
+
+class VaceReference:
+    """Reference images in the VACE branch: their K/V in every VACE block, computed once per prompt.
+
+    References sit in front of the chunk on the VACE branch's own time axis (frames 0..n-1, the chunk at
+    n..n+F-1, as in batch VACE), never in the denoised latent, so chunk size and the main cache stay fixed.
+    Their tokens are run once at t = 0 with the clean reference latent as x (like the clean cache pass).
+    """
+
+    def __init__(self, stream: WanStream, reference_latents: torch.Tensor):
+        model = stream.model
+        if not model.has_vace:
+            raise ValueError("reference images need a VACE model")
+        b, ch, n, h, w = reference_latents.shape
+        if (b, ch, h, w) != (stream.config.batch, model.config.in_dim, *stream.latent_shape[3:]) or n < 1:
+            raise ValueError(f"reference latents must be [{stream.config.batch}, {model.config.in_dim}, n, "
+                             f"{stream.latent_shape[3]}, {stream.latent_shape[4]}], got {tuple(reference_latents.shape)}")
+        self.latents = reference_latents.to(stream.device, torch.float32)
+        self.num_frames = n
+        mc = model.config
+        self.cache = KVCache(CachePolicy(n, 0), chunk_frames=stream.config.chunk_frames,
+                             tokens_per_frame=stream.tokens_per_frame, num_layers=mc.num_vace_blocks,
+                             batch=stream.config.batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
+                             dtype=stream.dtype, device=stream.device)
+        self._slots = self.cache.slots(n, stream.config.chunk_frames)
+        self._rope = RotaryTable.for_grid(mc.head_dim, n, *stream.grid, device=stream.device)
+        self._prompt_version = None
+
+    @torch.inference_mode()
+    def _encode(self, stream: WanStream) -> None:
+        model = stream.model
+        context = torch.cat([self.latents, torch.zeros_like(self.latents),
+                             self.latents.new_zeros(self.latents.shape[0], model.config.vace_in_dim - 2 * self.latents.shape[1],
+                                                    *self.latents.shape[2:])], dim=1)
+        self.cache.reset()
+        slots = self.cache.slots(0, self.num_frames)
+        rope = RotaryTable.for_grid(model.config.head_dim, 0, self.num_frames, *stream.grid[1:], device=stream.device)
+        attends = [self.cache.attend_fn(m, slots) for m in range(model.config.num_vace_blocks)]
+        _, e0 = stream._time[-1]
+        vace_hints(model.vace_blocks, model.patchify(context, model.vace_patch_embedding), model.patchify(self.latents),
+                   e0, stream.text_kv[1], rope, attends)
+        self.cache.commit(slots)
+        self._prompt_version = stream.prompt_version
+
+    def chunk_attends(self, stream: WanStream) -> tuple:
+        """Per-VACE-block attention over [references | chunk], and the chunk's RoPE on the VACE time axis."""
+        if self._prompt_version != stream.prompt_version:
+            self._encode(stream)
+        return [self.cache.attend_fn(m, self._slots) for m in range(stream.model.config.num_vace_blocks)], self._rope

@@ -1,0 +1,67 @@
+"""VACE: the control branch that turns a 96-channel context into hints added to the base blocks.
+
+c = before_proj(vace_patch_embedding(context)) + x;  VACE block M runs a normal Wan block on c and emits
+hint_M = after_proj(c);  base block vace_layers[M] adds hint_M * context_scale. The 96 channels are
+16 (latent of the inactive region) + 16 (latent of the reactive region) + 64 (mask, 8x8 pixel-unshuffle).
+
+Streaming adaptation: VACE blocks attend within the current chunk only (no KV cache over past chunks);
+reference images never enter the denoised latent: their context tokens sit in front of the chunk in the
+VACE branch, and their K/V are computed once per stream (see models/stream.py).
+"""
+
+import torch
+import torch.nn as nn
+
+from .rope import RotaryTable
+from .wan_blocks import AttendFn, WanBlock
+
+
+class VaceBlock(WanBlock):
+    """A Wan block on the VACE stream, with after_proj (and before_proj on the first block)."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float, first: bool):
+        super().__init__(dim, ffn_dim, num_heads, eps)
+        if first:
+            self.before_proj = nn.Linear(dim, dim)
+        self.after_proj = nn.Linear(dim, dim)
+
+
+def vace_layer_map(num_layers: int, num_vace_blocks: int) -> list:
+    """Base block index of each VACE block: 0, k, 2k, ... with k = num_layers // num_vace_blocks."""
+    if num_vace_blocks == 0:
+        return []
+    step = num_layers // num_vace_blocks
+    if step == 0:
+        raise ValueError(f"{num_vace_blocks} VACE blocks cannot pair with {num_layers} base blocks")
+    return [i * step for i in range(num_vace_blocks)]
+
+
+def vace_hints(blocks, context_tokens: torch.Tensor, x_tokens: torch.Tensor, e0: torch.Tensor,
+               text_kvs: list, rope: RotaryTable, attends: list) -> list:
+    """Hints [B, L, dim] (float32), one per VACE block, for patch-embedded context tokens [B, L, dim].
+
+    `attends[M]` is VACE block M's attention (chunk-local, or over cached reference K/V + the chunk).
+    """
+    first = blocks[0]
+    dtype = first.before_proj.weight.dtype
+    c = first.before_proj(context_tokens.to(dtype)).float() + x_tokens
+    hints = []
+    for block, text_kv, attend in zip(blocks, text_kvs, attends):
+        c = block(c, e0, text_kv, rope, attend)
+        hints.append(block.after_proj(c.to(dtype)).float())
+    return hints
+
+
+def vace_reference_pass(blocks, context_tokens: torch.Tensor, x_tokens: torch.Tensor, e0: torch.Tensor,
+                        text_kvs: list, rope: RotaryTable, attends: list) -> None:
+    """Run the VACE blocks over reference tokens only, so each block's attention caches their K/V."""
+    vace_hints(blocks, context_tokens, x_tokens, e0, text_kvs, rope, attends)
+
+
+def combine_hints(per_context: list, scales: list) -> list:
+    """Sum of scale_j * hints_j per VACE block, over several VACE contexts (control + mask + ...)."""
+    total = [h * scales[0] for h in per_context[0]]
+    for hints, scale in zip(per_context[1:], scales[1:]):
+        for i, h in enumerate(hints):
+            total[i] = total[i] + h * scale
+    return total

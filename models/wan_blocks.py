@@ -1,0 +1,113 @@
+"""The parts of a Wan2.1 DiT block, in the original module tree and key names (`self_attn.q`, `norm3`, `ffn.0`, ...).
+
+A block is 6-way adaLN: (shift, scale, gate) for self-attention and for the feed-forward, from the block's
+`modulation` plus the timestep projection; cross-attention to the text has no modulation. As in the
+original Wan, norms and modulation run in float32 and the residual stream stays float32; the Linear
+layers run in the weights' dtype.
+"""
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .attention import attention
+from .rope import RotaryTable
+
+# attend(q, k, v) -> out: full-sequence attention with a mask, or the KV cache's write-then-attend.
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift, with shift/scale [B, F_e, dim] broadcast over each frame's tokens.
+
+    F_e is 1 (one timestep for the whole input) or the number of latent frames (a timestep per frame).
+    """
+    frames = shift.shape[1]
+    x = x.unflatten(1, (frames, -1))
+    return (x * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
+
+
+def gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """y * gate in float32, gate [B, F_e, dim] broadcast per frame."""
+    return (y.float().unflatten(1, (gate.shape[1], -1)) * gate[:, :, None]).flatten(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with RMS-normalised q/k over the full width and 3-D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, rope: RotaryTable, attend: AttendFn) -> torch.Tensor:
+        """x [B, L, dim] in the weights' dtype -> [B, L, dim]."""
+        heads = (self.num_heads, -1)
+        q = rope.apply(self.norm_q(self.q(x)).unflatten(-1, heads))
+        k = rope.apply(self.norm_k(self.k(x)).unflatten(-1, heads))
+        v = self.v(x).unflatten(-1, heads)
+        return self.o(attend(q, k, v).flatten(-2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from the video tokens to the text tokens; the text K/V are computed once per prompt."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def text_kv(self, text: torch.Tensor) -> tuple:
+        """(k, v) [B, L_text, heads, head_dim] of the embedded text, to cache for a prompt."""
+        heads = (self.num_heads, -1)
+        return self.norm_k(self.k(text)).unflatten(-1, heads), self.v(text).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, text_kv: tuple) -> torch.Tensor:
+        """x [B, L, dim] -> [B, L, dim]."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
+        return self.o(attention(q, *text_kv).flatten(-2))
+
+
+class WanBlock(nn.Module):
+    """One DiT block: modulated self-attention, cross-attention to the text, modulated feed-forward."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+        self.norm1 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, num_heads, eps)
+        self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, num_heads, eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, text_kv: tuple, rope: RotaryTable,
+                attend: AttendFn) -> torch.Tensor:
+        """x [B, L, dim] float32, e0 [B, F_e, 6, dim] float32 -> updated x."""
+        dtype = self.ffn[0].weight.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)
+        h = modulate(self.norm1(x), shift1, scale1).to(dtype)
+        x = x + gated(self.self_attn(h, rope, attend), gate1)
+        x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv).float()
+        h = modulate(self.norm2(x), shift2, scale2).to(dtype)
+        return x + gated(self.ffn(h), gate2)
+
+
+class WanHead(nn.Module):
+    """Output head: modulated LayerNorm then a Linear to one patch of latent channels per token."""
+
+    def __init__(self, dim: int, out_channels: int, eps: float):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_channels)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x [B, L, dim] float32, e [B, F_e, dim] float32 (the time embedding) -> [B, L, out]."""
+        shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).unbind(2)
+        return self.head(modulate(self.norm(x), shift, scale).to(self.head.weight.dtype))

@@ -1,0 +1,161 @@
+"""The streaming invariant: chunk-by-chunk generation over the KV cache equals generation with full-sequence
+forwards under the equivalent block-causal mask (same sink / window), for T2V, VACE and every cache policy."""
+
+import pytest
+import torch
+
+from streamvace.models.kv_cache import CacheFullError, CachePolicy, KVCache, cache_policy
+from streamvace.models.sampler import chunk_seed
+from streamvace.models.stream import StreamConfig, VaceInput, VaceReference, WanStream
+
+from wan_tiny import TEXT_DIM, reference_generation, tiny_model
+
+HEIGHT, WIDTH = 32, 48  # latent 4 x 6, 2 x 3 = 6 tokens per frame
+CHUNKS = 5
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def stream_noises(config, shape, chunks):
+    noises = []
+    for c in range(chunks):
+        g = torch.Generator().manual_seed(chunk_seed(config.seed, c))
+        noises.append([torch.randn(shape, generator=g) for _ in config.steps])
+    return noises
+
+
+POLICIES = {
+    "full": CachePolicy(0, None),
+    "longlive": cache_policy("longlive"),
+    "motionstream": cache_policy("motionstream"),
+    "sink1-window4": CachePolicy(1, 4),  # sink and window not aligned to chunks
+    "no-sink-window3": CachePolicy(0, 3),
+}
+
+
+@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("with_vace", [False, True], ids=["t2v", "vace"])
+def test_stream_equals_masked_full_sequence(name, with_vace):
+    policy = POLICIES[name]
+    model = tiny_model(vace=with_vace)
+    config = StreamConfig(height=HEIGHT, width=WIDTH, policy=policy, seed=7, max_frames=CHUNKS * 3)
+    stream = WanStream(model, config)
+    text = torch.randn(1, 9, TEXT_DIM)
+    stream.set_prompt(text)
+    contexts, scales = None, None
+    if with_vace:
+        contexts = [torch.randn(1, 96, CHUNKS * 3, HEIGHT // 8, WIDTH // 8) for _ in range(2)]
+        scales = [0.8, 0.5]
+    chunks = []
+    for c in range(CHUNKS):
+        vace = [VaceInput(ctx[:, :, 3 * c:3 * c + 3], s) for ctx, s in zip(contexts, scales)] if with_vace else ()
+        chunks.append(stream.next_chunk(vace))
+    with torch.no_grad():
+        expected = reference_generation(model, text, stream.sigmas, stream_noises(config, stream.latent_shape, CHUNKS),
+                                        policy, 3, contexts, scales)
+    for c, (got, want) in enumerate(zip(chunks, expected)):
+        assert rel_err(got, want) <= 1e-4, f"chunk {c}: relative error {rel_err(got, want):.2e}"
+
+
+def test_hints_in_cache_pass_equal_masked_full_sequence():
+    model = tiny_model(vace=True)
+    config = StreamConfig(height=HEIGHT, width=WIDTH, policy=cache_policy("longlive"), seed=3, vace_in_cache_pass=True)
+    stream = WanStream(model, config)
+    text = torch.randn(1, 5, TEXT_DIM)
+    stream.set_prompt(text)
+    ctx = torch.randn(1, 96, 12, HEIGHT // 8, WIDTH // 8)
+    chunks = [stream.next_chunk([VaceInput(ctx[:, :, 3 * c:3 * c + 3], 1.0)]) for c in range(4)]
+    with torch.no_grad():
+        expected = reference_generation(model, text, stream.sigmas, stream_noises(config, stream.latent_shape, 4),
+                                        config.policy, 3, [ctx], [1.0], hints_in_cache_pass=True)
+    for got, want in zip(chunks, expected):
+        assert rel_err(got, want) <= 1e-4
+
+
+def test_cache_cost_is_constant_once_the_window_is_full():
+    policy = cache_policy("longlive")
+    cache = KVCache(policy, chunk_frames=3, tokens_per_frame=10, num_layers=1, batch=1, num_heads=1, head_dim=8,
+                    dtype=torch.float32)
+    attended = []
+    for _ in range(50):
+        slots = cache.slots(cache.frames, 3)
+        attended.append(slots.attend_tokens)
+        cache.commit(slots)
+    assert attended[:4] == [30, 60, 90, 120] and set(attended[3:]) == {120}  # 3 sink + 6 window + 3 chunk frames
+    assert cache.keys.shape[2] == 120  # allocated once, never grows
+
+
+def test_full_history_cache_refuses_to_overflow():
+    cache = KVCache(CachePolicy(0, None), chunk_frames=3, tokens_per_frame=4, num_layers=1, batch=1, num_heads=1,
+                    head_dim=8, max_frames=6, dtype=torch.float32)
+    for _ in range(2):
+        cache.commit(cache.slots(cache.frames, 3))
+    with pytest.raises(CacheFullError, match="sink \\+ window"):
+        cache.slots(cache.frames, 3)
+
+
+def test_interrupted_chunk_leaves_the_stream_unchanged():
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=11)
+    text = torch.randn(1, 4, TEXT_DIM)
+
+    def run(interrupt_at_chunk):
+        stream = WanStream(model, config)
+        stream.set_prompt(text)
+        out = []
+        for c in range(5):
+            if c == interrupt_at_chunk:
+                def boom(step, total):
+                    if step == 2:
+                        raise KeyboardInterrupt
+                with pytest.raises(KeyboardInterrupt):
+                    stream.next_chunk(on_step=boom)
+                assert stream.frames_done == 3 * c and stream.chunks_done == c
+            out.append(stream.next_chunk())
+        return out
+
+    for a, b in zip(run(None), run(3)):
+        assert torch.equal(a, b)
+
+
+def test_reference_images_change_the_chunk_and_are_computed_once():
+    model = tiny_model(vace=True)
+    stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, seed=1))
+    stream.set_prompt(torch.randn(1, 4, TEXT_DIM))
+    reference = VaceReference(stream, torch.randn(1, 16, 2, HEIGHT // 8, WIDTH // 8))
+    ctx = torch.randn(1, 96, 3, HEIGHT // 8, WIDTH // 8)
+    with_ref = stream.next_chunk([VaceInput(ctx, 1.0, reference)])
+    keys_after_first = reference.cache.keys[:, :, :12].clone()
+    stream.reset()
+    plain = stream.next_chunk([VaceInput(ctx, 1.0)])
+    assert rel_err(with_ref, plain) > 1e-3
+    stream.reset()
+    assert torch.equal(stream.next_chunk([VaceInput(ctx, 1.0, reference)]), with_ref)
+    assert torch.equal(reference.cache.keys[:, :, :12], keys_after_first)
+
+
+def test_bad_vace_input_is_refused_before_anything_changes():
+    model = tiny_model(vace=True)
+    stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH))
+    stream.set_prompt(torch.randn(1, 4, TEXT_DIM))
+    with pytest.raises(ValueError, match="VACE context must be"):
+        stream.next_chunk([VaceInput(torch.zeros(1, 96, 2, 4, 6))])
+    bad = torch.zeros(1, 96, 3, 4, 6)
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        stream.next_chunk([VaceInput(bad)])
+    assert stream.frames_done == 0
+    with pytest.raises(ValueError, match="no VACE blocks"):
+        t2v = WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH))
+        t2v.set_prompt(torch.randn(1, 4, TEXT_DIM))
+        t2v.next_chunk([VaceInput(torch.zeros(1, 96, 3, 4, 6))])
+
+
+def test_stream_rejects_sizes_that_do_not_fit():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        WanStream(tiny_model(), StreamConfig(height=40, width=48))
+    stream = WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH))
+    with pytest.raises(RuntimeError, match="set a prompt"):
+        stream.next_chunk()

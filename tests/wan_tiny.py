@@ -1,0 +1,90 @@
+"""Tiny random Wan DiT (+VACE) models in the real key layout, and the reference full-sequence generation
+that the streaming engine must reproduce."""
+
+import torch
+
+from streamvace.models.kv_cache import CachePolicy
+from streamvace.models.sampler import model_timestep, predict_x0, renoise
+from streamvace.models.vace import combine_hints, vace_hints
+from streamvace.models.attention import attention
+from streamvace.models.rope import RotaryTable
+from streamvace.models.wan_dit import WanConfig, WanDiT
+
+# 2 heads of 128 (Wan's head size, so WanConfig.from_state_dict reads the real head count back), 4 blocks.
+TINY = dict(dim=256, ffn_dim=384, num_heads=2, num_layers=4, text_dim=64, freq_dim=32)
+TEXT_DIM = TINY["text_dim"]
+
+
+def tiny_model(vace: bool = False, seed: int = 0, dtype=torch.float32) -> WanDiT:
+    """A random tiny Wan DiT; every layer (head, VACE projections included) has non-zero weights."""
+    torch.manual_seed(seed)
+    model = WanDiT(WanConfig(**TINY, num_vace_blocks=2 if vace else 0)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("weight") and param.ndim >= 2:
+                param.normal_(0, 1.0 / param.shape[1] ** 0.5 if param.ndim == 2 else 0.05)
+            elif name.endswith("bias"):
+                param.normal_(0, 0.02)
+    return model.to(dtype)
+
+
+def frame_mask(policy: CachePolicy, chunk_frames: int, total_frames: int, tokens_per_frame: int,
+               chunk_local: bool = False) -> torch.Tensor:
+    """Token-level bool mask (True = attend) equivalent to the policy: each chunk sees itself + its visible past."""
+    frames = torch.zeros(total_frames, total_frames, dtype=torch.bool)
+    for start in range(0, total_frames, chunk_frames):
+        rows = slice(start, start + chunk_frames)
+        frames[rows, start:start + chunk_frames] = True
+        if not chunk_local:
+            for past in policy.visible_past(start):
+                frames[rows, past] = True
+    return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+def reference_generation(model, text, sigmas, noises, policy, chunk_frames, contexts=None, scales=None,
+                         hints_in_cache_pass=False):
+    """Generate chunk by chunk WITHOUT a cache: every forward runs over [clean past chunks at t=0 | current chunk].
+
+    noises[c][s] is the noise the stream draws for chunk c at step s. Returns the clean latents of every chunk.
+    """
+    clean = []
+    for c, chunk_noises in enumerate(noises):
+        x = chunk_noises[0]
+        for s, sigma in enumerate(sigmas):
+            v = _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts, scales, c,
+                                hints_in_cache_pass)
+            x0 = predict_x0(x, v, sigma)
+            if s + 1 < len(sigmas):
+                x = renoise(x0, chunk_noises[s + 1], sigmas[s + 1])
+        clean.append(x0)
+    return clean
+
+
+def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts, scales, chunk, hints_in_past):
+    latents = torch.cat(clean + [x], dim=2)
+    batch, total = latents.shape[0], latents.shape[2]
+    timesteps = torch.zeros(batch, total)
+    timesteps[:, total - x.shape[2]:] = model_timestep(sigma)
+    grid = model.token_grid(latents.shape)
+    per_frame = grid[1] * grid[2]
+    rope = RotaryTable.for_grid(model.config.head_dim, 0, *grid)
+    text_base, text_vace = model.text_kv(text)
+    e, e0 = model.embed_time(timesteps)
+    tokens = model.patchify(latents)
+    hints = None
+    if contexts:
+        vace_mask = frame_mask(policy, chunk_frames, total, per_frame, chunk_local=True)
+        attends = [lambda q, k, v: attention(q, k, v, vace_mask)] * len(model.vace_blocks)
+        per_context = []
+        for ctx in contexts:
+            ctx_tokens = model.patchify(ctx[:, :, :total], model.vace_patch_embedding)
+            per_context.append(vace_hints(model.vace_blocks, ctx_tokens, tokens, e0, text_vace, rope, attends))
+        hints = combine_hints(per_context, scales)
+        if not hints_in_past:  # the clean cache pass ran without hints: past frames got none
+            keep = torch.zeros(1, total * per_frame, 1)
+            keep[:, (total - x.shape[2]) * per_frame:] = 1
+            hints = [h * keep for h in hints]
+    mask = frame_mask(policy, chunk_frames, total, per_frame)
+    out = model.run_blocks(tokens, e0, text_base, rope, [lambda q, k, v: attention(q, k, v, mask)] * len(model.blocks), hints)
+    velocity = model.unpatchify(model.head(out, e), grid)
+    return velocity[:, :, total - x.shape[2]:]
