@@ -19,8 +19,8 @@ def axis_channels(head_dim: int) -> tuple:
     return head_dim - 2 * spatial, spatial, spatial
 
 
-def _axis_frequencies(channels: int) -> torch.Tensor:
-    return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64) / channels)
+def _axis_frequencies(channels: int, device) -> torch.Tensor:
+    return 1.0 / THETA ** (torch.arange(0, channels, 2, dtype=torch.float64, device=device) / channels)
 
 
 def rope_angles(head_dim: int, frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -29,10 +29,11 @@ def rope_angles(head_dim: int, frames: torch.Tensor, height: int, width: int) ->
     `frames` holds the temporal position of each latent frame (an offset chunk is frames = start + arange(F)).
     """
     t_ch, h_ch, w_ch = axis_channels(head_dim)
+    device = frames.device
     frames = frames.to(torch.float64)
-    t = frames[:, None] * _axis_frequencies(t_ch)[None]
-    h = torch.arange(height, dtype=torch.float64)[:, None] * _axis_frequencies(h_ch)[None]
-    w = torch.arange(width, dtype=torch.float64)[:, None] * _axis_frequencies(w_ch)[None]
+    t = frames[:, None] * _axis_frequencies(t_ch, device)[None]
+    h = torch.arange(height, dtype=torch.float64, device=device)[:, None] * _axis_frequencies(h_ch, device)[None]
+    w = torch.arange(width, dtype=torch.float64, device=device)[:, None] * _axis_frequencies(w_ch, device)[None]
     f_n, h_n, w_n = len(frames), height, width
     grid = torch.cat([
         t[:, None, None, :].expand(f_n, h_n, w_n, -1),
@@ -45,15 +46,15 @@ def rope_angles(head_dim: int, frames: torch.Tensor, height: int, width: int) ->
 class RotaryTable:
     """cos/sin of the rotation angles for one token grid, ready to apply to [B, L, heads, head_dim]."""
 
-    def __init__(self, angles: torch.Tensor, device=None):
-        self.cos = angles.cos().to(device=device, dtype=torch.float32)[None, :, None, :]
-        self.sin = angles.sin().to(device=device, dtype=torch.float32)[None, :, None, :]
+    def __init__(self, angles: torch.Tensor):
+        self.cos = angles.cos().float()[None, :, None, :]
+        self.sin = angles.sin().float()[None, :, None, :]
 
     @classmethod
     def for_grid(cls, head_dim, start_frame, num_frames, height, width, device=None):
         """The table for `num_frames` latent frames starting at temporal position `start_frame`."""
-        frames = torch.arange(start_frame, start_frame + num_frames)
-        return cls(rope_angles(head_dim, frames, height, width), device)
+        frames = torch.arange(start_frame, start_frame + num_frames, device=device)  # built on the device: no copy
+        return cls(rope_angles(head_dim, frames, height, width))
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x [B, L, heads, head_dim] (computed in float32, returned in x's dtype)."""

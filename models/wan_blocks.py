@@ -33,6 +33,16 @@ def gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return (y.float().unflatten(1, (gate.shape[1], -1)) * gate[:, :, None]).flatten(1, 2)
 
 
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the dtype of its affine parameters (as in the original Wan)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise x (float32 in, float32 out)."""
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+
+
 class SelfAttention(nn.Module):
     """Self-attention with RMS-normalised q/k over the full width and 3-D RoPE."""
 
@@ -81,7 +91,7 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
         self.norm1 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.self_attn = SelfAttention(dim, num_heads, eps)
-        self.norm3 = nn.LayerNorm(dim, eps=eps, elementwise_affine=True)
+        self.norm3 = FP32LayerNorm(dim, eps=eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(dim, num_heads, eps)
         self.norm2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))

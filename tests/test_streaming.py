@@ -142,10 +142,6 @@ def test_bad_vace_input_is_refused_before_anything_changes():
     stream.set_prompt(torch.randn(1, 4, TEXT_DIM))
     with pytest.raises(ValueError, match="VACE context must be"):
         stream.next_chunk([VaceInput(torch.zeros(1, 96, 2, 4, 6))])
-    bad = torch.zeros(1, 96, 3, 4, 6)
-    bad[0, 0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        stream.next_chunk([VaceInput(bad)])
     assert stream.frames_done == 0
     with pytest.raises(ValueError, match="no VACE blocks"):
         t2v = WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH))
@@ -159,3 +155,18 @@ def test_stream_rejects_sizes_that_do_not_fit():
     stream = WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH))
     with pytest.raises(RuntimeError, match="set a prompt"):
         stream.next_chunk()
+
+
+def test_bfloat16_stream_runs_and_tracks_float32():
+    model32 = tiny_model(vace=True)
+    model16 = tiny_model(vace=True, dtype=torch.bfloat16)
+    text = torch.randn(1, 4, TEXT_DIM)
+    ctx = torch.randn(1, 96, 3, HEIGHT // 8, WIDTH // 8)
+    outs = []
+    for model in (model32, model16):
+        stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, seed=2))
+        stream.set_prompt(text)
+        outs.append([stream.next_chunk([VaceInput(ctx, 1.0)]) for _ in range(3)])
+    for a, b in zip(*outs):
+        assert b.dtype == torch.float32 and torch.isfinite(b).all()
+        assert rel_err(b, a) < 0.1

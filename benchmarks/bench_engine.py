@@ -1,0 +1,118 @@
+"""GPU benchmark of the streaming engine: the full Wan2.1-VACE-1.3B DiT (random weights), chunk after chunk.
+
+Times the DiT part of each chunk (4 denoising steps + the t = 0 cache pass; VAE decode excluded) at
+480x832 and 368x640, T2V and with one VACE control, after the rolling window is full (constant cost).
+The timed chunks run under torch.cuda.set_sync_debug_mode("error"), so any host sync in the chunk loop
+fails the benchmark, and the allocator's cudaMalloc count must not change between timed chunks.
+
+    python benchmarks/bench_engine.py --out DIR            # on a GPU
+    python benchmarks/bench_engine.py --smoke              # tiny model on the CPU, to check the script
+"""
+
+import argparse
+import datetime
+import json
+import os
+import time
+
+import torch
+
+from streamvace.models.kv_cache import cache_policy
+from streamvace.models.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.wan_dit import WanConfig, WanDiT
+
+FULL = WanConfig(num_vace_blocks=15)  # Wan2.1-VACE-1.3B: dim 1536, 30 blocks, 15 VACE blocks
+SMOKE = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, num_vace_blocks=2)
+
+
+def build_model(config: WanConfig, device, dtype) -> WanDiT:
+    """A randomly initialised DiT straight on the device (speed does not depend on the weight values)."""
+    with torch.device(device):
+        model = WanDiT(config)
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def _segments():
+    return torch.cuda.memory_stats().get("segment.all.allocated", 0) if torch.cuda.is_available() else 0
+
+
+def time_stream(model, height, width, vace, warmup, chunks, policy):
+    """Mean / p50 / max ms per chunk over `chunks` chunks after `warmup` chunks, and the memory it took."""
+    device, dtype = model.head.head.weight.device, model.dtype
+    stream = WanStream(model, StreamConfig(height=height, width=width, policy=cache_policy(policy), seed=1))
+    stream.set_prompt(torch.randn(1, 512, model.config.text_dim, device=device, dtype=dtype))
+    context = torch.randn(1, model.config.vace_in_dim, 3, height // 8, width // 8, device=device)
+    controls = [VaceInput(context, 1.0)] if vace else ()
+    for _ in range(warmup):
+        stream.next_chunk(controls)
+    cuda = device.type == "cuda"
+    times, segments_before = [], _segments()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(chunks):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                stream.next_chunk(controls)
+                end.record()
+                times.append((start, end))
+            else:
+                t0 = time.perf_counter()
+                stream.next_chunk(controls)
+                times.append(time.perf_counter() - t0)
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    if cuda:
+        torch.cuda.synchronize()
+        ms = sorted(s.elapsed_time(e) for s, e in times)
+    else:
+        ms = sorted(t * 1000 for t in times)
+    mean = sum(ms) / len(ms)
+    frames_per_chunk = 4 * stream.config.chunk_frames
+    return {
+        "height": height, "width": width, "vace": vace, "policy": policy,
+        "tokens_per_frame": stream.tokens_per_frame, "attended_frames": stream.cache.capacity_frames,
+        "ms_per_chunk_mean": round(mean, 2), "ms_per_chunk_p50": round(ms[len(ms) // 2], 2),
+        "ms_per_chunk_max": round(ms[-1], 2), "fps": round(frames_per_chunk / (mean / 1000), 2),
+        "kv_cache_gib": round(stream.cache.nbytes / 2**30, 3),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "cudamalloc_segments_added_while_timed": _segments() - segments_before,
+    }
+
+
+def main(argv=None) -> int:
+    """Run the benchmark grid and write results.json."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
+    parser.add_argument("--chunks", type=int, default=10)
+    parser.add_argument("--policy", default="longlive")
+    args = parser.parse_args(argv)
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    model = build_model(SMOKE if args.smoke else FULL, device, dtype)
+    sizes = [(64, 96)] if args.smoke else [(480, 832), (368, 640)]
+    results = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "date": datetime.date.today().isoformat(), "dtype": str(dtype),
+        "model": "smoke" if args.smoke else "Wan2.1-VACE-1.3B (random weights)",
+        "steps": "4 warped + t=0 cache pass", "runs": [],
+    }
+    for height, width in sizes:
+        for vace in (False, True):
+            run = time_stream(model, height, width, vace, warmup=5, chunks=2 if args.smoke else args.chunks,
+                              policy=args.policy)
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_engine.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
