@@ -125,6 +125,31 @@ class KVCache:
 
         return attend
 
+    def resident_frames(self) -> list:
+        """The committed frames whose K/V are still in the buffers (sink + ring)."""
+        sink = self.policy.sink_frames
+        return list(range(min(sink, self.frames))) + list(range(max(sink, self.frames - self.ring_frames), self.frames))
+
+    def frame_slot_runs(self, slots: ChunkSlots) -> list:
+        """slots.runs in frames instead of tokens: (source frame, slot frame, frames)."""
+        n = self.tokens_per_frame
+        return [(source // n, slot // n, length // n) for source, slot, length in slots.runs]
+
+    def recache_attend_fn(self, layer: int, slots: ChunkSlots, visible_frames: list):
+        """Like attend_fn, but attending only to `visible_frames` + the chunk (for re-caching old chunks,
+        when newer frames sit in the ring). Gathers tokens: for rare prompt switches, not the chunk loop."""
+        keys, values, n = self.keys[layer], self.values[layer], self.tokens_per_frame
+        frames = [self._slot(f) for f in visible_frames] + [self._slot(slots.start_frame + i) for i in range(slots.num_frames)]
+        index = torch.tensor([f * n + i for f in frames for i in range(n)], device=keys.device)
+
+        def attend(q, k, v):
+            for source, slot, length in slots.runs:
+                keys[:, slot:slot + length].copy_(k[:, source:source + length])
+                values[:, slot:slot + length].copy_(v[:, source:source + length])
+            return attention(q, keys[:, index], values[:, index])
+
+        return attend
+
     def commit(self, slots: ChunkSlots) -> None:
         """Make a written chunk part of the stream's history."""
         if slots.start_frame != self.frames:

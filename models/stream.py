@@ -71,28 +71,72 @@ class WanStream:
         with torch.inference_mode():
             self._time = [model.embed_time(torch.full((c.batch,), model_timestep(s), device=self.device))
                           for s in self.sigmas + [0.0]]
+        # clean latents of the frames in the cache, in the cache's frame slots (for re-caching on a prompt switch)
+        self.history = torch.zeros(c.batch, model.config.in_dim, self.cache.capacity_frames, *self.latent_shape[3:],
+                                   device=self.device)
         self.text_kv = None
         self.prompt_version = 0
         self.chunks_done = 0
+        self._recache_pending = False
 
     @property
     def frames_done(self) -> int:
         """Latent frames generated and committed so far."""
         return self.cache.frames
 
-    def set_prompt(self, text: torch.Tensor) -> None:
-        """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks."""
+    def set_prompt(self, text: torch.Tensor, recache: bool = True) -> None:
+        """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks.
+
+        Mid-stream, `recache` (LongLive) recomputes the window's K/V from its clean latents under the new
+        prompt before the next chunk; the sink keeps the old prompt's K/V (LongLive's global sink).
+        """
         if text.shape[0] not in (1, self.config.batch):
             raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
         with torch.inference_mode():
             base, vace = self.model.text_kv(text.to(self.device).expand(self.config.batch, -1, -1))
         self.text_kv = (base, vace)
         self.prompt_version += 1
+        self._recache_pending = recache and self.frames_done > 0
 
     def reset(self) -> None:
         """Start the video over (the prompt and all buffers are kept)."""
         self.cache.reset()
         self.chunks_done = 0
+        self._recache_pending = False
+
+    def _recache(self) -> None:
+        policy, chunk, end = self.config.policy, self.config.chunk_frames, self.frames_done
+        first = policy.sink_frames if policy.window_frames is None else max(policy.sink_frames, end - policy.window_frames)
+        resident = set(self.cache.resident_frames())
+        for start in range(-(-first // chunk) * chunk, end, chunk):  # whole chunks inside the window
+            slots = self.cache.slots(start, chunk)
+            visible = [f for f in policy.visible_past(start) if f in resident]
+            attends = [self.cache.recache_attend_fn(layer, slots, visible) for layer in range(self.model.config.num_layers)]
+            latents = torch.cat([self.history[:, :, slot:slot + n] for _, slot, n in self.cache.frame_slot_runs(slots)], 2)
+            self._forward(latents, len(self.sigmas), attends, self._rope(start), ())
+
+    def _commit(self, slots, clean: torch.Tensor) -> None:
+        for source, slot, n in self.cache.frame_slot_runs(slots):
+            self.history[:, :, slot:slot + n] = clean[:, :, source:source + n]
+        self.cache.commit(slots)
+        self.chunks_done += 1
+        self._recache_pending = False
+
+    @torch.inference_mode()
+    def prefill(self, latents: torch.Tensor) -> None:
+        """Append a clean chunk [B, 16, F, h, w] (normalised latents of existing video) to the stream's history,
+        so generation continues that video."""
+        if self.text_kv is None:
+            raise RuntimeError("set a prompt (stream.set_prompt) before prefilling")
+        if tuple(latents.shape) != self.latent_shape:
+            raise ValueError(f"prefill takes one chunk of latents {self.latent_shape}, got {tuple(latents.shape)}")
+        if self._recache_pending:
+            self._recache()
+        slots = self.cache.slots(self.cache.frames, self.config.chunk_frames)
+        attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
+        clean = latents.to(self.device, torch.float32)
+        self._forward(clean, len(self.sigmas), attends, self._rope(slots.start_frame), ())
+        self._commit(slots, clean)
 
     def _rope(self, start_frame: int) -> RotaryTable:
         return RotaryTable.for_grid(self.model.config.head_dim, start_frame, *self.grid, device=self.device)
@@ -137,6 +181,8 @@ class WanStream:
         if self.text_kv is None:
             raise RuntimeError("set a prompt (stream.set_prompt) before generating")
         vace = self._check_vace(vace)
+        if self._recache_pending:
+            self._recache()
         slots = self.cache.slots(self.cache.frames, self.config.chunk_frames)
         rope = self._rope(slots.start_frame)
         attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
@@ -153,8 +199,7 @@ class WanStream:
         self._forward(x0, len(self.sigmas), attends, rope, vace if self.config.vace_in_cache_pass else ())
         if on_step is not None:
             on_step(total - 1, total)
-        self.cache.commit(slots)
-        self.chunks_done += 1
+        self._commit(slots, x0)
         return x0
 
 

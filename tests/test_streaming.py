@@ -170,3 +170,43 @@ def test_bfloat16_stream_runs_and_tracks_float32():
     for a, b in zip(*outs):
         assert b.dtype == torch.float32 and torch.isfinite(b).all()
         assert rel_err(b, a) < 0.1
+
+
+def test_prefill_continues_an_existing_video():
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=4)
+    text = torch.randn(1, 4, TEXT_DIM)
+    generated = WanStream(model, config)
+    generated.set_prompt(text)
+    chunks = [generated.next_chunk() for _ in range(5)]
+    continued = WanStream(model, config)
+    continued.set_prompt(text)
+    for chunk in chunks[:4]:
+        continued.prefill(chunk)
+    assert rel_err(continued.next_chunk(), chunks[4]) <= 1e-5
+
+
+@pytest.mark.parametrize("policy", ["full", "longlive"])
+def test_prompt_switch_recaches_the_window(policy):
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=4, policy=cache_policy(policy), max_frames=15)
+    old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 6, TEXT_DIM)
+    switched = WanStream(model, config)
+    switched.set_prompt(old)
+    chunks = [switched.next_chunk() for _ in range(4)]
+    switched.set_prompt(new)
+    after_switch = switched.next_chunk()
+
+    no_recache = WanStream(model, config)
+    no_recache.set_prompt(old)
+    for chunk in chunks:
+        no_recache.prefill(chunk)
+    no_recache.set_prompt(new, recache=False)
+    assert rel_err(no_recache.next_chunk(), after_switch) > 1e-3  # the recache matters
+
+    if policy == "full":  # every frame re-cached under the new prompt == a history built under it
+        fresh = WanStream(model, config)
+        fresh.set_prompt(new)
+        for chunk in chunks:
+            fresh.prefill(chunk)
+        assert rel_err(fresh.next_chunk(), after_switch) <= 1e-5

@@ -1,0 +1,151 @@
+"""A controllable stream: the chunk loop plus its prompt, VACE controls and references, across many calls.
+
+This is what a sampler node (or a script) holds between calls: `generate(n)` continues the same video
+for n more chunks. Controls are given as whole videos indexed by the stream's own frame position (or,
+for live input, relative to each call); the session cuts each chunk's frames out, builds its VACE
+context with per-control VAE encoder streams, and commits everything only when the chunk succeeded.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .stream import StreamConfig, VaceInput, VaceReference, WanStream
+from .vace_context import VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start
+from .wan_dit import WanDiT
+
+TIMINGS = ("stream", "call")
+
+
+@dataclass
+class Control:
+    """One VACE control. frames [3, T, H, W] and mask [1, T, H, W] are whole videos in [-1, 1] / [0, 1].
+
+    timing 'stream': frame i of the video steers frame i of the stream; 'call': every call starts again at
+    the video's first frame (live input). A video that runs out holds its last frame. first_frame starts
+    the stream from an image; last_frame ends each call's last chunk on one. references: [N, 3, H, W].
+    """
+
+    frames: torch.Tensor = None
+    mask: torch.Tensor = None
+    references: torch.Tensor = None
+    first_frame: torch.Tensor = None
+    last_frame: torch.Tensor = None
+    strength: float = 1.0
+    timing: str = "stream"
+
+    def __post_init__(self):
+        if self.timing not in TIMINGS:
+            raise ValueError(f"control timing must be one of {TIMINGS}, got {self.timing!r}")
+        for name in ("frames", "mask", "references", "first_frame", "last_frame"):
+            value = getattr(self, name)
+            if value is not None:
+                if value.numel() == 0:
+                    raise ValueError(f"the control's {name} is empty")
+                check_finite(value, f"the control's {name}")
+
+
+def fit_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Scale [C, T, H, W] to cover height x width, then centre-crop (keeps the aspect ratio)."""
+    c, t, h, w = video.shape
+    if (h, w) == (height, width):
+        return video
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    scaled = F.interpolate(video.transpose(0, 1).float(), size=size, mode="bilinear", align_corners=False,
+                           antialias=True).transpose(0, 1)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    return scaled[:, :, top:top + height, left:left + width]
+
+
+def _window(video: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """Frames [start, start + length) of [C, T, H, W], holding the last frame past the end."""
+    index = torch.arange(start, start + length).clamp(max=video.shape[1] - 1)
+    return video[:, index]
+
+
+class StreamSession:
+    """A WanStream with its prompt, controls (each with its own VACE context builder) and references."""
+
+    def __init__(self, model: WanDiT, config: StreamConfig, vae=None):
+        self.stream = WanStream(model, config)
+        self.config, self.vae = config, vae
+        self._builders, self._references = {}, {}
+        self._prompt = None
+
+    @property
+    def chunks_done(self) -> int:
+        """Chunks generated so far."""
+        return self.stream.chunks_done
+
+    def set_prompt(self, text: torch.Tensor) -> None:
+        """Use this prompt from the next chunk on (a no-op when it is unchanged)."""
+        check_finite(text, "the prompt embedding") if text.device.type == "cpu" else None
+        if self._prompt is None or self._prompt.shape != text.shape or not torch.equal(self._prompt, text):
+            self.stream.set_prompt(text)
+            self._prompt = text.clone()
+
+    def use_vae(self, vae) -> None:
+        """Encode controls with this VAE from now on (controls restart their encoder streams)."""
+        if vae is not self.vae:
+            self.vae = vae
+            self._builders.clear()
+            self._references.clear()
+
+    def _builder(self, index: int) -> VaceContextBuilder:
+        if self.vae is None:
+            raise ValueError("VACE controls need a VAE: connect one to the sampler")
+        if index not in self._builders:
+            c = self.config
+            self._builders[index] = VaceContextBuilder(self.vae, c.height, c.width, c.chunk_frames, c.batch,
+                                                       start_chunk=self.stream.chunks_done)
+        return self._builders[index]
+
+    def _reference(self, index: int, images: torch.Tensor):
+        key = (index, images.shape, float(images.float().sum()))
+        if key not in self._references:
+            latents = self._builder(index).reference_latents(images)
+            self._references = {k: v for k, v in self._references.items() if k[0] != index}
+            self._references[key] = VaceReference(self.stream, latents)
+        return self._references[key]
+
+    def _chunk_controls(self, controls, call_start: int, last_in_call: bool) -> list:
+        c, inputs = self.config, []
+        chunk = self.stream.chunks_done
+        for index, control in enumerate(controls):
+            builder = self._builder(index)
+            length = builder.frames_needed()
+            start = pixel_frame_start(chunk, c.chunk_frames) - (call_start if control.timing == "call" else 0)
+            frames = mask = None
+            if control.frames is not None:
+                frames = _window(fit_video(control.frames, c.height, c.width), start, length)
+            if control.mask is not None:
+                mask = _window(fit_video(control.mask, c.height, c.width), start, length)
+            first = control.first_frame if chunk == 0 else None
+            last = control.last_frame if last_in_call else None
+            if first is not None or last is not None:
+                fit = lambda image: fit_video(image[:, None], c.height, c.width)[:, 0]  # noqa: E731
+                frames, mask = frame_reference_control(length, None if first is None else fit(first),
+                                                       None if last is None else fit(last), frames, mask)
+            batch = lambda x: None if x is None else x[None].expand(c.batch, -1, -1, -1, -1)  # noqa: E731
+            context = builder.context_for_chunk(batch(frames), batch(mask))
+            reference = self._reference(index, control.references) if control.references is not None else None
+            inputs.append(VaceInput(context, control.strength, reference))
+        return inputs
+
+    def generate(self, chunks: int, controls=(), on_step=None) -> torch.Tensor:
+        """Continue the stream by `chunks` chunks; normalised latents [B, 16, chunks*F, h, w] (float32)."""
+        call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
+        out = []
+        for i in range(chunks):
+            vace = self._chunk_controls(controls, call_start, last_in_call=i == chunks - 1)
+            out.append(self.stream.next_chunk(vace, on_step))
+            for index in range(len(controls)):
+                self._builders[index].commit()
+        return torch.cat(out, dim=2)
+
+    def reset(self) -> None:
+        """Start the video over with the same model, prompt and settings."""
+        self.stream.reset()
+        self._builders.clear()

@@ -1,0 +1,153 @@
+"""Building VACE's 96-channel context for each chunk of a stream, from control frames, masks and references.
+
+context = [VAE(frames * (1 - m)) (16) | VAE(frames * m) (16) | mask (64)], m = 1 where the model generates
+or reacts. Pure control video (depth, pose, scribble, flow, gray, layout) uses m = 1 everywhere; inpainting
+and outpainting give m = 1 over the region to fill; first/last-frame extension gives m = 0 over the given
+frames. The inactive and reactive parts are encoded as two separate VAE streams whose encoder caches
+continue from chunk to chunk and never mix. A chunk takes 1 + 4(F-1) pixel frames the first time (9 for
+F = 3) and 4F after (12), exactly the frames its latents decode to.
+
+The mask's 8x8 pixel blocks become its 64 channels (channel = 8*row + column, as in VACE); in time, each
+latent frame takes the maximum over the pixel frames its VAE group covers, so a pixel the user marked
+for generation in any frame of the group is never kept from the source.
+"""
+
+import torch
+import torch.nn.functional as F
+
+MASK_CHANNELS = 64
+
+
+def pixel_frames_for_chunk(chunk_index: int, chunk_frames: int = 3) -> int:
+    """Pixel frames consumed (and produced) by chunk `chunk_index`: 1 + 4(F-1) first, then 4F."""
+    return 1 + 4 * (chunk_frames - 1) if chunk_index == 0 else 4 * chunk_frames
+
+
+def pixel_frame_start(chunk_index: int, chunk_frames: int = 3) -> int:
+    """Index of the first pixel frame of chunk `chunk_index` in the stream."""
+    return 0 if chunk_index == 0 else pixel_frames_for_chunk(0, chunk_frames) + 4 * chunk_frames * (chunk_index - 1)
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise a clear error if a (CPU-side) input holds NaN or infinite values."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{what} contains NaN or infinite values; check the node that produced it")
+
+
+def mask_to_latent_channels(mask: torch.Tensor, first_chunk: bool) -> torch.Tensor:
+    """Binary mask [B, 1, T, H, W] -> [B, 64, t, H/8, W/8], max over each latent frame's pixel frames."""
+    if first_chunk:
+        groups = [mask[:, :, :1]] + list(mask[:, :, 1:].split(4, dim=2))
+    else:
+        groups = list(mask.split(4, dim=2))
+    per_latent = torch.cat([g.amax(dim=2, keepdim=True) for g in groups], dim=2)
+    b, _, t, h, w = per_latent.shape
+    unshuffled = F.pixel_unshuffle(per_latent.transpose(1, 2).reshape(b * t, 1, h, w), 8)
+    return unshuffled.reshape(b, t, MASK_CHANNELS, h // 8, w // 8).transpose(1, 2)
+
+
+def fit_image(image: torch.Tensor, height: int, width: int, fill: float = 1.0) -> torch.Tensor:
+    """Resize [B, 3, H, W] to fit inside height x width keeping its aspect, centred on a `fill` canvas."""
+    _, _, h, w = image.shape
+    scale = min(height / h, width / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = F.interpolate(image, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    canvas = image.new_full((image.shape[0], 3, height, width), fill)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[:, :, top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+class VaceContextBuilder:
+    """Per-stream VACE context builder: two VAE encoder streams (inactive / reactive), advanced per chunk.
+
+    `context_for_chunk` encodes on copies of the caches; `commit` adopts them once the chunk succeeded,
+    so a failed or interrupted chunk leaves the builder exactly as it was.
+    """
+
+    def __init__(self, vae, height: int, width: int, chunk_frames: int = 3, batch: int = 1, start_chunk: int = 0):
+        self.vae, self.height, self.width = vae, height, width
+        self.chunk_frames, self.batch = chunk_frames, batch
+        self.inactive = vae.new_encoder_cache()
+        self.reactive = vae.new_encoder_cache()
+        self.chunks = start_chunk
+        self._fresh = True  # encoder streams not started yet
+        self._pending = None
+
+    def frames_needed(self) -> int:
+        """Pixel frames the next chunk's control takes."""
+        return pixel_frames_for_chunk(self.chunks, self.chunk_frames)
+
+    def context_for_chunk(self, frames: torch.Tensor = None, mask: torch.Tensor = None) -> torch.Tensor:
+        """VACE context [B, 96, F, h, w] for the next chunk.
+
+        frames [B, 3, T, H, W] in [-1, 1] (None: gray, i.e. no control); mask [B, 1, T, H, W] in [0, 1]
+        (None: all ones). T must be `frames_needed()`.
+        """
+        t = self.frames_needed()
+        shape = (self.batch, t, self.height, self.width)
+        device, dtype = self.vae.device, self.vae.dtype
+        if frames is None:
+            frames = torch.zeros(self.batch, 3, t, self.height, self.width)
+        if mask is None:
+            mask = torch.ones(self.batch, 1, t, self.height, self.width)
+        for name, tensor, channels in (("control frames", frames, 3), ("control mask", mask, 1)):
+            if tensor.ndim != 5 or tensor.shape[1] != channels or (tensor.shape[0], *tensor.shape[2:]) != shape:
+                raise ValueError(f"{name} must be [{self.batch}, {channels}, {t}, {self.height}, {self.width}] for "
+                                 f"chunk {self.chunks}, got {tuple(tensor.shape)}")
+            if tensor.device.type == "cpu":
+                check_finite(tensor, name)
+        frames = frames.to(device, torch.float32)
+        binary = (mask.to(device, torch.float32) > 0.5).float()
+        inactive_cache, reactive_cache = self.inactive.copy(), self.reactive.copy()
+        inactive = self._encode((frames * (1 - binary)).to(dtype), inactive_cache)
+        reactive = self._encode((frames * binary).to(dtype), reactive_cache)
+        self._pending = (inactive_cache, reactive_cache)
+        mask_channels = mask_to_latent_channels(binary, first_chunk=self.chunks == 0)
+        return torch.cat([inactive.float(), reactive.float(), mask_channels], dim=1)
+
+    def _encode(self, video, cache):
+        if self._fresh and self.chunks > 0:
+            # A control that joins mid-stream: a VAE stream starts with a lone frame, so lead with a copy of
+            # the chunk's first frame and drop its latent; the groups then line up with the stream's.
+            return self.vae.encode(torch.cat([video[:, :, :1], video], dim=2), cache=cache)[:, :, 1:]
+        return self.vae.encode(video, cache=cache)
+
+    def commit(self) -> None:
+        """Adopt the caches of the last built chunk (call after the chunk was generated)."""
+        if self._pending is None:
+            raise RuntimeError("no built VACE context to commit")
+        self.inactive, self.reactive = self._pending
+        self._pending, self._fresh = None, False
+        self.chunks += 1
+
+    def reference_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Reference images [N, 3, H, W] in [-1, 1] -> latents [B, 16, N, h, w], each encoded alone."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+            raise ValueError(f"reference images must be [count, 3, height, width], got {tuple(images.shape)}")
+        if images.device.type == "cpu":
+            check_finite(images, "reference images")
+        fitted = fit_image(images.float(), self.height, self.width)
+        latents = [self.vae.encode(img[None, :, None].to(self.vae.device, self.vae.dtype)) for img in fitted]
+        return torch.cat(latents, dim=2).float().expand(self.batch, -1, -1, -1, -1)
+
+
+def frame_reference_control(length: int, first: torch.Tensor = None, last: torch.Tensor = None,
+                            frames: torch.Tensor = None, mask: torch.Tensor = None) -> tuple:
+    """Frames and mask for first/last-frame extension over one chunk of `length` pixel frames.
+
+    first / last: [3, H, W] in [-1, 1]. The first image is kept at frame 0, the last image over the last
+    4 frames (one whole VAE group, so the encoder sees it cleanly); those frames get mask 0 (keep), all
+    others mask 1 and gray, unless `frames` / `mask` [C, T, H, W] are given to composite onto.
+    """
+    image = first if first is not None else last
+    if image is None:
+        raise ValueError("first/last-frame extension needs a first or a last frame")
+    _, h, w = image.shape
+    frames = torch.zeros(3, length, h, w) if frames is None else frames.clone()
+    mask = torch.ones(1, length, h, w) if mask is None else mask.clone()
+    if first is not None:
+        frames[:, 0], mask[:, 0] = first, 0.0
+    if last is not None:
+        frames[:, -4:], mask[:, -4:] = last[:, None], 0.0
+    return frames, mask
