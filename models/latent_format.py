@@ -21,12 +21,17 @@ WAN21_LATENT_STD = (
 )
 
 
+_CONSTANTS = {}  # device -> (mean, std): built once, so the per-chunk path never copies from the host
+
+
 def _channel_constants(like: torch.Tensor):
     """Mean and std shaped [1,16,1,1,1] in float32 on the device of `like`."""
-    shape = (1, LATENT_CHANNELS, 1, 1, 1)
-    mean = torch.tensor(WAN21_LATENT_MEAN, dtype=torch.float32, device=like.device).view(shape)
-    std = torch.tensor(WAN21_LATENT_STD, dtype=torch.float32, device=like.device).view(shape)
-    return mean, std
+    if like.device not in _CONSTANTS:
+        shape = (1, LATENT_CHANNELS, 1, 1, 1)
+        _CONSTANTS[like.device] = (
+            torch.tensor(WAN21_LATENT_MEAN, dtype=torch.float32, device=like.device).view(shape),
+            torch.tensor(WAN21_LATENT_STD, dtype=torch.float32, device=like.device).view(shape))
+    return _CONSTANTS[like.device]
 
 
 def check_latents(latents: torch.Tensor, what: str = "latents") -> None:

@@ -145,6 +145,3 @@ def frame_shape_of(x: torch.Tensor) -> tuple:
     """The (batch, height, width, dtype, device) signature that must stay fixed within a stream."""
     return (x.shape[0], x.shape[-2], x.shape[-1], x.dtype, x.device)
 
-
-__all__ = ["VAECache", "CacheStep", "LATENT_CHANNELS", "SPATIAL_FACTOR", "TEMPORAL_FACTOR", "SIZE_MULTIPLE",
-           "latents_per_chunk", "frames_per_chunk", "check_video_chunk", "check_latent_chunk", "frame_shape_of"]

@@ -9,8 +9,6 @@ An encoder cannot change mid-stream: its latents would not continue the old enco
 
 import torch
 
-from .vae_cache import frames_per_chunk
-
 
 class DecodeStream:
     """Latent chunks -> frames for one stream; a failed chunk changes nothing."""
@@ -19,7 +17,6 @@ class DecodeStream:
         self.vae = None
         self.cache = None
         self.chunks = 0
-        self.frames = 0
 
     def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
         """Decode the next chunk of normalised latents with `vae` (switching decoders if it changed)."""
@@ -29,12 +26,7 @@ class DecodeStream:
         video = vae.decode(latents, cache)
         self.vae, self.cache = vae, cache
         self.chunks += 1
-        self.frames += video.shape[2]
         return video
-
-    def next_frame_count(self, latents: int) -> int:
-        """How many frames the next chunk of `latents` latents will give."""
-        return frames_per_chunk(latents, self.chunks == 0)
 
 
 class EncodeStream:

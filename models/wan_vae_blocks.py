@@ -121,7 +121,7 @@ class Resample(nn.Module):
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
             self.time_conv.looks_back = True  # its one cached frame is prepended in forward below
 
-    def forward(self, x, step=None):
+    def forward(self, x, step):
         """Resample x [B,C,T,H,W]; the temporal step doubles (up) or halves (down) T after the first pass."""
         if self.mode == "upsample3d" and not step.first:
             b, c, t, h, w = x.shape

@@ -9,6 +9,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from streamvace.models.checkpoint_io import CheckpointError
 from streamvace.models.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD
+from streamvace.models.vae_cache import frames_per_chunk, latents_per_chunk
 from streamvace.models.wan_vae import WanVAEConfig, load_wan_vae
 
 TOLERANCE = 1e-4
@@ -85,7 +86,7 @@ def test_chunked_encode_matches_whole_clip_and_diffusers(vae, clip, chunks):
     for size in chunks:
         pieces.append(vae.encode(video[:, :, start:start + size], cache))
         start += size
-    assert [p.shape[2] for p in pieces] == [(chunks[0] - 1) // 4 + 1] + [s // 4 for s in chunks[1:]]
+    assert [p.shape[2] for p in pieces] == [latents_per_chunk(size, i == 0) for i, size in enumerate(chunks)]
     streamed = torch.cat(pieces, dim=2)
     assert relative_error(streamed, vae.encode(video)) <= TOLERANCE
     assert relative_error(streamed, latents) <= TOLERANCE
@@ -98,13 +99,15 @@ def test_chunked_decode_matches_whole_clip_and_diffusers(vae, clip, chunks):
     for size in chunks:
         pieces.append(vae.decode(latents[:, :, start:start + size], cache))
         start += size
-    assert [p.shape[2] for p in pieces] == [4 * chunks[0] - 3] + [4 * s for s in chunks[1:]]
+    assert [p.shape[2] for p in pieces] == [frames_per_chunk(size, i == 0) for i, size in enumerate(chunks)]
     streamed = torch.cat(pieces, dim=2)
     assert relative_error(streamed, vae.decode(latents)) <= TOLERANCE
     assert relative_error(streamed, decoded) <= TOLERANCE
 
 
 def test_engine_chunks_are_9_then_12_frames(vae):
+    assert (latents_per_chunk(9, True), latents_per_chunk(12, False)) == (3, 3)
+    assert (frames_per_chunk(3, True), frames_per_chunk(3, False)) == (9, 12)
     video = random_video(21, seed=5)
     encoder, decoder = vae.new_encoder_cache(), vae.new_decoder_cache()
     first, second = vae.encode(video[:, :, :9], encoder), vae.encode(video[:, :, 9:], encoder)
