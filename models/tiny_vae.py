@@ -153,7 +153,7 @@ class TinyVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
-        """Video [B,3,T,H,W] in [-1,1] -> normalised latents [B,16,t,H/8,W/8]; cache=None encodes a whole clip."""
+        """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
         cache = self.new_encoder_cache() if cache is None else cache
         cache.check_owner(self._owner, "encoder")
         check_video_chunk(video, cache.first_chunk)
@@ -166,13 +166,13 @@ class TinyVAE(nn.Module):
         batch, _, frames, height, width = x.shape
         images = ((x + 1) * 0.5).transpose(1, 2).reshape(batch * frames, 3, height, width)
         out = self._run(self.encoder, images, batch, step)
-        latents = out.view(batch, -1, *out.shape[1:]).transpose(1, 2).contiguous()
+        latents = out.view(batch, -1, *out.shape[1:]).transpose(1, 2).float().contiguous()
         cache.commit(step.slots, shape)
         return latents
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
-        """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1]; cache=None decodes a whole clip."""
+        """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
         cache = self.new_decoder_cache() if cache is None else cache
         cache.check_owner(self._owner, "decoder")
         check_latent_chunk(latents)

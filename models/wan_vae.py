@@ -142,7 +142,7 @@ class WanVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
-        """Video [B,3,T,H,W] in [-1,1] -> normalised latents [B,16,t,H/8,W/8]; cache=None encodes a whole clip."""
+        """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
         cache = self.new_encoder_cache() if cache is None else cache
         cache.check_owner(self._owner, "encoder")
         check_video_chunk(video, cache.first_chunk)
@@ -159,20 +159,20 @@ class WanVAE(nn.Module):
         moments = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
         z = self.config.z_dim  # conv1 is 1x1x1: only its mean half is needed
         mean = F.conv3d(moments, self.conv1.weight[:z], self.conv1.bias[:z])
-        latents = normalize_latents(mean)
+        latents = normalize_latents(mean.float())
         cache.commit(step.slots, shape)
         return latents
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
-        """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1]; cache=None decodes a whole clip."""
+        """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
         cache = self.new_decoder_cache() if cache is None else cache
         cache.check_owner(self._owner, "decoder")
         check_latent_chunk(latents)
-        x = latents.to(device=self.device, dtype=self.dtype)
-        shape = frame_shape_of(x)
+        raw = denormalize_latents(latents.to(device=self.device, dtype=torch.float32)).to(self.dtype)
+        shape = frame_shape_of(raw)
         cache.check_frame_shape(shape)
-        x = self.conv2(denormalize_latents(x))
+        x = self.conv2(raw)
         step = CacheStep(cache)
         pieces = []
         if step.first:  # latent 0 alone decodes to frame 0

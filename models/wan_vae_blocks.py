@@ -129,7 +129,7 @@ class Resample(nn.Module):
             x = doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
         b, c, t, h, w = x.shape
         frames = self.resample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
-        x = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+        x = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
         if self.mode == "downsample3d":
             slot = self.time_conv.cache_slot
             previous = step.read(slot)

@@ -61,8 +61,12 @@ def step_by_step(blocks, frames):
 
 
 def test_full_size_layout_is_taew2_1s():
-    shapes = {k: tuple(v.shape) for k, v in TinyVAE().state_dict().items()}
+    with torch.device("meta"):
+        full = TinyVAE()
+    shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
     assert len(shapes) == 128
+    assert sum(p.numel() for p in full.encoder.parameters()) == 1_470_928  # 1.47 M
+    assert sum(p.numel() for p in full.decoder.parameters()) == 9_844_611  # 9.84 M
     assert shapes["encoder.0.weight"] == (64, 3, 3, 3) and shapes["encoder.17.weight"] == (16, 64, 3, 3)
     assert shapes["encoder.2.conv.weight"] == (64, 128, 1, 1) and shapes["encoder.12.conv.weight"] == (64, 64, 1, 1)
     assert shapes["decoder.1.weight"] == (256, 16, 3, 3) and shapes["decoder.3.conv.0.weight"] == (256, 512, 3, 3)

@@ -68,3 +68,15 @@ def test_nodes_report_bad_input_and_keep_the_stream(models_dir):
     with pytest.raises(TypeError, match="LATENT"):
         DECODE().decode(wan, torch.zeros(1, 16, 1, 4, 4), "s", False)
     assert DECODE.IS_CHANGED() != DECODE.IS_CHANGED()  # NaN: re-run on every queue
+
+
+def test_latent_conversion_at_the_node_boundary():
+    from streamvace.models.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD, comfy_to_latents, latents_to_comfy
+
+    latents = torch.randn(2, 16, 3, 4, 6)
+    raw = latents_to_comfy(latents)["samples"]
+    assert raw.dtype == torch.float32 and raw.device.type == "cpu"
+    assert torch.allclose(raw[:, 5], latents[:, 5] * WAN21_LATENT_STD[5] + WAN21_LATENT_MEAN[5])
+    assert torch.allclose(comfy_to_latents({"samples": raw}), latents, atol=1e-6)
+    with pytest.raises(ValueError, match="SD: 4 channels"):
+        comfy_to_latents({"samples": torch.zeros(1, 4, 8, 8)})

@@ -10,7 +10,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from streamvace.models.checkpoint_io import CheckpointError
 from streamvace.models.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD
 from streamvace.models.vae_cache import frames_per_chunk, latents_per_chunk
-from streamvace.models.wan_vae import WanVAEConfig, load_wan_vae
+from streamvace.models.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
 
 TOLERANCE = 1e-4
 
@@ -62,6 +62,14 @@ def test_both_file_formats_load_the_original_key_layout(weights):
     assert from_pth.config == WanVAEConfig(dim=8)
     for (name, a), b in zip(from_pth.state_dict().items(), from_st.state_dict().values()):
         assert torch.equal(a, b) and torch.equal(a, weights["state_dict"][name]), name
+
+
+def test_full_size_tree_is_the_released_one():
+    with torch.device("meta"):
+        ours, theirs = WanVAE(), AutoencoderKLWan()
+    assert sum(p.numel() for p in ours.parameters()) == 126_892_531  # Wan2.1_VAE.pth
+    converted = convert_wan_vae_to_diffusers(dict(ours.state_dict()))
+    assert {k: v.shape for k, v in converted.items()} == {k: v.shape for k, v in theirs.state_dict().items()}
 
 
 def test_constants_match_diffusers(reference):
