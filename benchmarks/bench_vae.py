@@ -39,6 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--wan", default=None, help="a real Wan2.1 VAE file instead of random weights")
     parser.add_argument("--tiny", default=None, help="a real taew2_1 file instead of random weights")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its conv algorithms")
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     args.dtype = args.dtype or ("fp32" if args.smoke else "bf16")
@@ -150,11 +151,13 @@ def main(argv=None) -> int:
     """Run the benchmark, print a table and write results.json."""
     args = parse_args(argv)
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     vaes = build_vaes(args)
     timer = Timer(device)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "dtype": args.dtype, "smoke": args.smoke, "warmup": args.warmup, "iters": args.iters,
+            "cudnn_benchmark": args.cudnn_benchmark,
             "weights": {"wan2.1": args.wan or "random", "taew2_1": args.tiny or "random"},
             "parameters": {k: sum(p.numel() for p in v.parameters()) for k, v in vaes.items()}}
     print(f"StreamVACE VAE benchmark on {info['device']}, torch {info['torch']}, {args.dtype}")
