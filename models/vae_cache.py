@@ -1,0 +1,147 @@
+"""Streaming state shared by both VAEs: the per-stream cache object and the chunk frame-count rules.
+
+Frame-count rules (identical for the Wan2.1 VAE and the tiny VAE, so a stream can switch between them):
+
+- encode: the first chunk of a stream has 1 + 4k frames and gives 1 + k latents (frame 0 alone is
+  latent 0); every later chunk has 4k frames and gives k latents. Latent i covers frames 4i-3 .. 4i.
+- decode: the first chunk of n latents gives 1 + 4(n-1) frames (latent 0 decodes to 1 frame); every
+  later chunk of n latents gives 4n frames. The engine's 3-latent chunks decode to 9, then 12 frames.
+
+A cache holds one tensor (or None) per layer that looks back in time. Encode/decode read the slots,
+compute new ones in a temporary list and commit them only when the whole chunk succeeded, so a failed
+or interrupted call leaves the stream exactly as it was.
+"""
+
+import torch
+
+from .latent_format import LATENT_CHANNELS, check_latents
+
+SPATIAL_FACTOR = 8
+TEMPORAL_FACTOR = 4
+SIZE_MULTIPLE = 16  # the Wan DiT patchifies latents 2x2, so frames must be multiples of 8 * 2
+
+
+class VAECache:
+    """The streaming state of one encoder or decoder stream: one slot per temporal layer, plus a chunk count."""
+
+    def __init__(self, owner: str, role: str, num_slots: int, mid_stream: bool = False):
+        self.owner = owner  # architecture tag, so a cache is never fed to another kind of VAE
+        self.role = role  # "encoder" or "decoder"
+        self.mid_stream = mid_stream
+        self.slots = [None] * num_slots
+        self.chunks = 0
+        self.frame_shape = None  # (batch, height, width, dtype, device) fixed by the first chunk
+
+    @property
+    def first_chunk(self) -> bool:
+        """True while the next chunk is the first one of the stream (frame 0 / latent 0 handled alone)."""
+        return self.chunks == 0 and not self.mid_stream
+
+    def reset(self) -> None:
+        """Forget the stream: the next chunk is a first chunk again (or mid-stream, if created so)."""
+        self.slots = [None] * len(self.slots)
+        self.chunks = 0
+        self.frame_shape = None
+
+    def copy(self) -> "VAECache":
+        """An independent deep copy (tensors cloned) that continues the stream from the same point."""
+        twin = VAECache(self.owner, self.role, len(self.slots), self.mid_stream)
+        twin.slots = [None if s is None else s.clone() for s in self.slots]
+        twin.chunks = self.chunks
+        twin.frame_shape = self.frame_shape
+        return twin
+
+    def check_owner(self, owner: str, role: str) -> None:
+        """Raise unless this cache belongs to a VAE of this architecture and to this direction."""
+        if self.owner != owner or self.role != role:
+            raise ValueError(
+                f"this cache is a {self.role} cache of {self.owner}, but it was given to the {role} of "
+                f"{owner}. Create one with that VAE's new_{role}_cache().")
+
+    def check_frame_shape(self, frame_shape: tuple) -> None:
+        """Raise if a chunk's batch, size, dtype or device differs from the ones the stream started with."""
+        if self.frame_shape is not None and self.frame_shape != frame_shape:
+            batch, height, width, dtype, device = self.frame_shape
+            raise ValueError(
+                f"this {self.role} stream was started with batch {batch}, {height}x{width}, {dtype} on {device}; "
+                f"this chunk has batch {frame_shape[0]}, {frame_shape[1]}x{frame_shape[2]}, {frame_shape[3]} on "
+                f"{frame_shape[4]}. Reset the stream (cache.reset()) to change them.")
+
+    def commit(self, slots: list, frame_shape: tuple) -> None:
+        """Store the slots computed by a successful chunk."""
+        self.slots = slots
+        self.chunks += 1
+        self.frame_shape = frame_shape
+
+    def __repr__(self):
+        return f"VAECache({self.owner}, {self.role}, chunks={self.chunks}, mid_stream={self.mid_stream})"
+
+
+class CacheStep:
+    """The slots being computed by one encode/decode call: reads see the committed state, writes go to a copy."""
+
+    def __init__(self, cache: VAECache):
+        self.slots = list(cache.slots)
+        self.first = cache.first_chunk  # True only for the pass that handles frame 0 / latent 0
+
+    def read(self, slot: int):
+        """The slot's tensor from the previous pass or chunk (None at the start of a stream)."""
+        return self.slots[slot]
+
+    def write(self, slot: int, value) -> None:
+        """Set the slot's new tensor (committed only if the whole call succeeds)."""
+        self.slots[slot] = value
+
+
+def latents_per_chunk(frames: int, first_chunk: bool) -> int:
+    """Latents an encoder chunk of `frames` frames gives (1 + k for 1 + 4k first, k for 4k later)."""
+    return (frames - 1) // TEMPORAL_FACTOR + 1 if first_chunk else frames // TEMPORAL_FACTOR
+
+
+def frames_per_chunk(latents: int, first_chunk: bool) -> int:
+    """Frames a decoder chunk of `latents` latents gives (1 + 4(n-1) first, 4n later)."""
+    return TEMPORAL_FACTOR * (latents - 1) + 1 if first_chunk else TEMPORAL_FACTOR * latents
+
+
+def check_video_chunk(video: torch.Tensor, first_chunk: bool) -> None:
+    """Raise a clear error unless `video` is [B,3,T,H,W] float with H, W multiples of 16 and T fitting the chunk rule."""
+    if not isinstance(video, torch.Tensor):
+        raise TypeError(f"video must be a torch.Tensor [B,3,T,H,W] in [-1,1], got {type(video).__name__}")
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(
+            f"video must be [batch, 3 (RGB), frames, height, width] in [-1,1], got shape {tuple(video.shape)}. "
+            "Drop the alpha channel / expand gray to RGB, and put channels before frames.")
+    if not video.is_floating_point():
+        raise TypeError(f"video must be floating point in [-1,1], got {video.dtype}; convert with x / 127.5 - 1")
+    frames, height, width = video.shape[2:]
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or height == 0 or width == 0:
+        raise ValueError(
+            f"video frames are {height}x{width}; height and width must be positive multiples of {SIZE_MULTIPLE}. "
+            f"Resize or crop to e.g. {max(SIZE_MULTIPLE, height // SIZE_MULTIPLE * SIZE_MULTIPLE)}x"
+            f"{max(SIZE_MULTIPLE, width // SIZE_MULTIPLE * SIZE_MULTIPLE)} first.")
+    if first_chunk and (frames - 1) % TEMPORAL_FACTOR:
+        raise ValueError(
+            f"the first chunk of a stream (or a whole clip) must have 1 + 4k frames (1, 5, 9, 13, ...), got {frames}. "
+            f"Frame 0 becomes latent 0 alone; trim to {(frames - 1) // 4 * 4 + 1} frames or add frames.")
+    if not first_chunk and (frames == 0 or frames % TEMPORAL_FACTOR):
+        raise ValueError(
+            f"after the first chunk every chunk must have a positive multiple of 4 frames, got {frames}. "
+            "Send 4, 8, 12, ... frames, or reset the stream to start a new clip.")
+
+
+def check_latent_chunk(latents: torch.Tensor) -> None:
+    """Raise a clear error unless `latents` is [B,16,T>0,h,w] with h, w even (frames a multiple of 16 pixels)."""
+    check_latents(latents)
+    frames, height, width = latents.shape[2:]
+    if frames == 0:
+        raise ValueError("the latent chunk has no frames")
+    if height % 2 or width % 2 or height == 0 or width == 0:
+        raise ValueError(
+            f"latents are {height}x{width} ({height * 8}x{width * 8} pixels); they must be even (frames a multiple "
+            "of 16 pixels), as the Wan DiT makes them.")
+
+
+def frame_shape_of(x: torch.Tensor) -> tuple:
+    """The (batch, height, width, dtype, device) signature that must stay fixed within a stream."""
+    return (x.shape[0], x.shape[-2], x.shape[-1], x.dtype, x.device)
+

@@ -1,0 +1,50 @@
+"""One stream of chunks through a VAE, remembering its cache between calls (what the streaming nodes keep).
+
+`DecodeStream` lets the decoder change between chunks (full Wan VAE <-> tiny VAE): both VAEs follow the
+same frame-count rules, so the new decoder takes over with a mid-stream cache (4 frames per latent,
+no first-frame handling) and the frame count of the stream stays 9 + 12k. It starts without the old
+decoder's temporal context, so the first frames after a switch may show a small seam.
+An encoder cannot change mid-stream: its latents would not continue the old encoder's.
+"""
+
+import torch
+
+
+class DecodeStream:
+    """Latent chunks -> frames for one stream; a failed chunk changes nothing."""
+
+    def __init__(self):
+        self.vae = None
+        self.cache = None
+        self.chunks = 0
+
+    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """Decode the next chunk of normalised latents with `vae` (switching decoders if it changed)."""
+        cache = self.cache
+        if vae is not self.vae or cache is None:
+            cache = vae.new_decoder_cache(mid_stream=self.chunks > 0)
+        video = vae.decode(latents, cache)
+        self.vae, self.cache = vae, cache
+        self.chunks += 1
+        return video
+
+
+class EncodeStream:
+    """Frame chunks -> latents for one stream; a failed chunk changes nothing."""
+
+    def __init__(self):
+        self.vae = None
+        self.cache = None
+        self.chunks = 0
+
+    def encode(self, vae, video: torch.Tensor) -> torch.Tensor:
+        """Encode the next chunk of frames [B,3,T,H,W] in [-1,1] to normalised latents."""
+        if self.vae is not None and vae is not self.vae:
+            raise ValueError(
+                "this encode stream was started with another VAE; an encoder cannot change mid-stream because its "
+                "latents would not continue the old encoder's. Reset the stream (reset = true) to switch.")
+        cache = self.cache if self.cache is not None else vae.new_encoder_cache()
+        latents = vae.encode(video, cache)
+        self.vae, self.cache = vae, cache
+        self.chunks += 1
+        return latents

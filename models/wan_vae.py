@@ -1,0 +1,240 @@
+"""The Wan2.1 causal video VAE (z 16, 8x8 spatial, 4x temporal) with explicit per-stream caches.
+
+Module tree and key names are those of Wan-AI's `Wan2.1_VAE.pth` (also Comfy-Org's
+`wan_2.1_vae.safetensors`): `encoder.{conv1,downsamples,middle,head}`, `conv1`, `conv2`,
+`decoder.{conv1,middle,upsamples,head}`. Widths, depth and the temporal layout are read from the
+weights, so the same code loads the real file and tiny test VAEs.
+
+Usage (normalised latents in and out; see models/vae_cache.py for the chunk frame-count rules):
+
+    vae = load_wan_vae("Wan2.1_VAE.pth", dtype=torch.bfloat16, device="cuda")
+    enc = vae.new_encoder_cache()
+    z0 = vae.encode(frames_0_to_8, enc)      # 9 frames -> 3 latents
+    z1 = vae.encode(frames_9_to_20, enc)     # 12 frames -> 3 latents
+    dec = vae.new_decoder_cache()
+    vae.decode(z0, dec), vae.decode(z1, dec) # 9 frames, then 12
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
+from .vae_cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, VAECache, check_latent_chunk,
+                        check_video_chunk, frame_shape_of)
+from .vae_checkpoints import vae_state_dict, wrong_file
+from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
+
+EXPECTED_FILE = "the Wan2.1 VAE (Wan2.1_VAE.pth or wan_2.1_vae.safetensors)"
+
+
+@dataclass(frozen=True)
+class WanVAEConfig:
+    """Sizes of a Wan2.1-layout VAE; the released file is dim 96, z 16, mult (1,2,4,4), 2 res blocks."""
+
+    dim: int = 96
+    z_dim: int = LATENT_CHANNELS
+    dim_mult: tuple = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple = (False, True, True)
+
+
+class Encoder3d(nn.Module):
+    """Video [B,3,T,H,W] -> [B,2z,t,H/8,W/8] (mean and log-variance), causal in time."""
+
+    def __init__(self, cfg: WanVAEConfig):
+        super().__init__()
+        dims = [cfg.dim * m for m in (1,) + tuple(cfg.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        layers = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if i < len(cfg.dim_mult) - 1:
+                layers.append(Resample(out_dim, "downsample3d" if cfg.temporal_downsample[i] else "downsample2d"))
+        self.downsamples = nn.Sequential(*layers)
+        self.middle = nn.Sequential(ResidualBlock(dims[-1], dims[-1]), AttentionBlock(dims[-1]),
+                                    ResidualBlock(dims[-1], dims[-1]))
+        self.head = nn.Sequential(RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], cfg.z_dim * 2, 3, padding=1))
+
+    def forward(self, x, step):
+        """Encode one pass of frames, continuing the stream held by `step`."""
+        x = self.conv1(x, step)
+        for layer in (*self.downsamples, *self.middle):
+            x = layer(x, step)
+        norm, act, conv = self.head
+        return conv(act(norm(x)), step)
+
+
+class Decoder3d(nn.Module):
+    """Latents [B,z,t,h,w] -> video [B,3,T,8h,8w], causal in time."""
+
+    def __init__(self, cfg: WanVAEConfig):
+        super().__init__()
+        mult = tuple(cfg.dim_mult)
+        dims = [cfg.dim * m for m in (mult[-1],) + mult[::-1]]
+        temporal_upsample = tuple(cfg.temporal_downsample)[::-1]
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
+        self.middle = nn.Sequential(ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
+                                    ResidualBlock(dims[0], dims[0]))
+        layers = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if i > 0:
+                in_dim //= 2  # every upsampler halves the width
+            for _ in range(cfg.num_res_blocks + 1):
+                layers.append(ResidualBlock(in_dim, out_dim))
+                in_dim = out_dim
+            if i < len(mult) - 1:
+                layers.append(Resample(out_dim, "upsample3d" if temporal_upsample[i] else "upsample2d"))
+        self.upsamples = nn.Sequential(*layers)
+        self.head = nn.Sequential(RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1))
+
+    def forward(self, x, step):
+        """Decode one pass of latents, continuing the stream held by `step`."""
+        x = self.conv1(x, step)
+        for layer in (*self.middle, *self.upsamples):
+            x = layer(x, step)
+        norm, act, conv = self.head
+        return conv(act(norm(x)), step)
+
+
+class WanVAE(nn.Module):
+    """Wan2.1 VAE with streaming encode/decode; caches are explicit objects, one per stream of frames."""
+
+    latent_channels = LATENT_CHANNELS
+    spatial_factor = SPATIAL_FACTOR
+    temporal_factor = TEMPORAL_FACTOR
+
+    def __init__(self, config: WanVAEConfig = WanVAEConfig()):
+        super().__init__()
+        if config.z_dim != LATENT_CHANNELS:
+            raise ValueError(f"the Wan2.1 VAE has {LATENT_CHANNELS} latent channels, config asks for {config.z_dim}")
+        self.config = config
+        self.encoder = Encoder3d(config)
+        self.conv1 = CausalConv3d(config.z_dim * 2, config.z_dim * 2, 1)
+        self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)
+        self.decoder = Decoder3d(config)
+        self._encoder_slots = number_cache_slots(self.encoder)
+        self._decoder_slots = number_cache_slots(self.decoder)
+        self._owner = f"WanVAE(dim={config.dim}, mult={tuple(config.dim_mult)})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (inputs are cast to it)."""
+        return self.conv2.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The weights' device (inputs are moved to it)."""
+        return self.conv2.weight.device
+
+    def new_encoder_cache(self) -> VAECache:
+        """A fresh encoder stream: its first chunk must have 1 + 4k frames."""
+        return VAECache(self._owner, "encoder", self._encoder_slots)
+
+    def new_decoder_cache(self, mid_stream: bool = False) -> VAECache:
+        """A fresh decoder stream; mid_stream=True continues a stream another decoder started (4 frames per latent)."""
+        return VAECache(self._owner, "decoder", self._decoder_slots, mid_stream=mid_stream)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+        """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
+        cache = self.new_encoder_cache() if cache is None else cache
+        cache.check_owner(self._owner, "encoder")
+        check_video_chunk(video, cache.first_chunk)
+        x = video.to(device=self.device, dtype=self.dtype)
+        shape = frame_shape_of(x)
+        cache.check_frame_shape(shape)
+        step = CacheStep(cache)
+        pieces = []
+        if step.first:  # frame 0 alone becomes latent 0
+            pieces.append(self.encoder(x[:, :, :1], step))
+            step.first, x = False, x[:, :, 1:]
+        if x.shape[2]:
+            pieces.append(self.encoder(x, step))
+        moments = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
+        z = self.config.z_dim  # conv1 is 1x1x1: only its mean half is needed
+        mean = F.conv3d(moments, self.conv1.weight[:z], self.conv1.bias[:z])
+        latents = normalize_latents(mean.float())
+        cache.commit(step.slots, shape)
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+        """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
+        cache = self.new_decoder_cache() if cache is None else cache
+        cache.check_owner(self._owner, "decoder")
+        check_latent_chunk(latents)
+        raw = denormalize_latents(latents.to(device=self.device, dtype=torch.float32)).to(self.dtype)
+        shape = frame_shape_of(raw)
+        cache.check_frame_shape(shape)
+        x = self.conv2(raw)
+        step = CacheStep(cache)
+        pieces = []
+        if step.first:  # latent 0 alone decodes to frame 0
+            pieces.append(self.decoder(x[:, :, :1], step))
+            step.first, x = False, x[:, :, 1:]
+        if x.shape[2]:
+            pieces.append(self.decoder(x, step))
+        video = (torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]).clamp_(-1.0, 1.0)
+        cache.commit(step.slots, shape)
+        return video
+
+
+def config_from_state_dict(state_dict: dict, path: str = "<state dict>") -> WanVAEConfig:
+    """Read width, latent size, depth and temporal layout from a Wan2.1-layout state dict."""
+    required = ("encoder.conv1.weight", "encoder.head.2.weight", "conv1.weight", "conv2.weight",
+                "decoder.conv1.weight")
+    if not all(k in state_dict for k in required):
+        raise wrong_file(path, state_dict, EXPECTED_FILE,
+                         "Pick the Wan2.1 VAE from the 'vae' folder (tiny VAEs load with the tiny VAE loader).")
+    dim = state_dict["encoder.conv1.weight"].shape[0]
+    z_dim = state_dict["conv2.weight"].shape[0]
+    if z_dim != LATENT_CHANNELS or any(".downsamples.0.downsamples." in k for k in state_dict):
+        raise wrong_file(path, state_dict, EXPECTED_FILE,
+                         "StreamVACE runs Wan2.1 (16 latent channels); the Wan2.2 VAE does not fit it.")
+    mult, res_blocks, temporal, count, width = [], [], [], 0, dim
+    indices = sorted({int(k.split(".")[2]) for k in state_dict if k.startswith("encoder.downsamples.")})
+    for i in indices:
+        prefix = f"encoder.downsamples.{i}."
+        if prefix + "residual.2.weight" in state_dict:
+            width, count = state_dict[prefix + "residual.2.weight"].shape[0], count + 1
+        elif prefix + "resample.1.weight" in state_dict:
+            mult.append(width // dim)
+            res_blocks.append(count)
+            temporal.append(prefix + "time_conv.weight" in state_dict)
+            count = 0
+        else:
+            raise wrong_file(path, state_dict, EXPECTED_FILE,
+                             f"Its encoder layer {i} is neither a residual block nor a resampler "
+                             "(attention inside the encoder stages is not part of Wan2.1).")
+    mult.append(width // dim)
+    res_blocks.append(count)
+    if len(set(res_blocks)) != 1:
+        raise wrong_file(path, state_dict, EXPECTED_FILE, f"Its stages have {res_blocks} residual blocks.")
+    return WanVAEConfig(dim=dim, z_dim=z_dim, dim_mult=tuple(mult), num_res_blocks=res_blocks[0],
+                        temporal_downsample=tuple(temporal))
+
+
+def load_wan_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> WanVAE:
+    """Load a Wan2.1 VAE file (.pth or .safetensors, original key layout) through read_checkpoint."""
+    state_dict = vae_state_dict(read_checkpoint(path), path)
+    config = config_from_state_dict(state_dict, path)
+    with torch.device("meta"):
+        vae = WanVAE(config)
+    expected = vae.state_dict()
+    missing = set(expected) - set(state_dict)
+    unexpected = set(state_dict) - set(expected)
+    mismatched = [k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{path}: looks like a Wan2.1-layout VAE ({config}) but does not match it: "
+            f"missing {key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; "
+            f"wrong shapes {key_summary(mismatched) or 'none'}. The file is damaged or a variant StreamVACE does "
+            "not know; use Wan2.1_VAE.pth or wan_2.1_vae.safetensors.")
+    vae.load_state_dict(state_dict, assign=True)
+    return vae.to(device=device, dtype=dtype).eval()

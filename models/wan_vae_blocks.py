@@ -1,0 +1,150 @@
+"""Building blocks of the Wan2.1 causal video VAE, in the module layout of Wan-AI's Wan2.1_VAE.pth.
+
+Every layer that looks back in time (a causal conv with temporal kernel 3, the temporal down/upsamplers)
+owns one cache slot, numbered once at construction (`number_cache_slots`). A forward pass receives a
+CacheStep: it reads the slot the previous pass left, and writes the frames the next pass will need.
+
+Causality is that of one causal conv over the whole clip with 2 zero frames in front: feeding the clip
+in pieces with the slots in between gives the same result. Two exceptions come from the Wan design and
+are reproduced exactly: on the first pass (frame 0 / latent 0 alone) the temporal downsampler passes
+its frame through, and the temporal upsampler skips its time conv, so frame 0 <-> latent 0 one to one.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONTEXT_FRAMES = 2  # a temporal kernel of 3 looks at the two previous frames
+
+
+class CausalConv3d(nn.Conv3d):
+    """3-D conv padded in time at the front only (2 frames for kernel 3), continuing from its cache slot."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        kernel = kernel_size if isinstance(kernel_size, tuple) else (kernel_size,) * 3
+        pad = padding if isinstance(padding, tuple) else (padding,) * 3
+        super().__init__(in_channels, out_channels, kernel, stride=stride, padding=(0, pad[1], pad[2]))
+        self.front_pad = 2 * pad[0]
+        self.looks_back = self.front_pad > 0  # needs a cache slot
+        self.cache_slot = None  # set by number_cache_slots
+
+    def forward(self, x, step=None):
+        """Convolve x [B,C,T,H,W]; with a CacheStep, prepend the cached frames and cache the newest ones."""
+        if self.front_pad == 0:
+            return super().forward(x)
+        previous = None if step is None else step.read(self.cache_slot)
+        if previous is not None:
+            x = torch.cat([previous, x], dim=2)
+        if step is not None:
+            step.write(self.cache_slot, x[:, :, -CONTEXT_FRAMES:].clone())
+        missing = self.front_pad - (0 if previous is None else previous.shape[2])
+        if missing > 0:
+            x = F.pad(x, (0, 0, 0, 0, missing, 0))
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """x * sqrt(C) * gamma / ||x||_2 over the channel axis (Wan's RMS_norm; the norm is reduced in float32)."""
+
+    def __init__(self, dim: int, images: bool = False):
+        super().__init__()
+        self.scale = dim ** 0.5
+        self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
+
+    def forward(self, x):
+        """Normalise over dim 1."""
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+        return x * norm.reciprocal().to(x.dtype) * (self.gamma * self.scale).to(x.dtype)
+
+
+class ResidualBlock(nn.Module):
+    """RMSNorm-SiLU-CausalConv3d twice, plus a 1x1x1 shortcut when the width changes (`residual.{0,2,3,6}`)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.residual = nn.Sequential(
+            RMSNorm(in_dim), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMSNorm(out_dim), nn.SiLU(), nn.Dropout(0.0), CausalConv3d(out_dim, out_dim, 3, padding=1))
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x, step=None):
+        """x + residual(x), with both causal convs continuing from their slots."""
+        norm1, act1, conv1, norm2, act2, _, conv2 = self.residual
+        h = conv1(act1(norm1(x)), step)
+        h = conv2(act2(norm2(h)), step)
+        return h + self.shortcut(x)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the pixels of each frame separately (no temporal state)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x, step=None):
+        """x + proj(attention(norm(x))) frame by frame."""
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        qkv = self.to_qkv(self.norm(frames)).reshape(b * t, 1, c * 3, h * w).transpose(2, 3)
+        q, k, v = qkv.chunk(3, dim=-1)
+        out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
+        out = self.proj(out.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w))
+        return x + out.view(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+class NearestUpsample2x(nn.Module):
+    """Nearest-exact 2x spatial upsampling of [N,C,H,W] (no weights; keeps `resample.1` at index 1)."""
+
+    def forward(self, x):
+        """Upsample height and width by 2."""
+        return F.interpolate(x, scale_factor=2.0, mode="nearest-exact")
+
+
+class Resample(nn.Module):
+    """Spatial 2x down/upsampling (`resample.1`), with a causal temporal 2x step (`time_conv`) in the 3-D modes."""
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        if mode in ("upsample2d", "upsample3d"):
+            self.resample = nn.Sequential(NearestUpsample2x(), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        elif mode in ("downsample2d", "downsample3d"):
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+        else:
+            raise ValueError(f"unknown resample mode {mode!r}")
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+            self.time_conv.looks_back = True  # its one cached frame is prepended in forward below
+
+    def forward(self, x, step):
+        """Resample x [B,C,T,H,W]; the temporal step doubles (up) or halves (down) T after the first pass."""
+        if self.mode == "upsample3d" and not step.first:
+            b, c, t, h, w = x.shape
+            doubled = self.time_conv(x, step)  # [B, 2C, T, H, W]: two output frames per input frame
+            x = doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+        b, c, t, h, w = x.shape
+        frames = self.resample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
+        x = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+        if self.mode == "downsample3d":
+            slot = self.time_conv.cache_slot
+            previous = step.read(slot)
+            step.write(slot, x[:, :, -1:].clone())
+            if not step.first:
+                # frames (last, 0, 1), (1, 2, 3), ...: stride 2 over the previous pass's last frame + this pass
+                x = self.time_conv(torch.cat([previous, x], dim=2))  # front_pad 0: a plain strided conv
+        return x
+
+
+def number_cache_slots(module: nn.Module) -> int:
+    """Give every temporal layer under `module` its own cache slot; returns the number of slots."""
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, CausalConv3d) and layer.looks_back:
+            layer.cache_slot = count
+            count += 1
+    return count

@@ -1,0 +1,153 @@
+"""Nodes for the streaming VAEs: load the Wan2.1 VAE or the tiny VAE, and encode / decode a stream chunk by chunk.
+
+The decoder and encoder caches live in the stream registries "vae_decode" and "vae_encode", keyed by
+stream_id, so queuing the graph again continues the same stream.
+"""
+
+import torch
+
+from ..models.latent_format import comfy_to_latents, latents_to_comfy
+from ..models.tiny_vae import load_tiny_vae
+from ..models.vae_stream import DecodeStream, EncodeStream
+from ..models.wan_vae import load_wan_vae
+from . import host
+from .convert import image_to_video, video_to_image
+from .streams import registry
+
+VAE_TYPE = "STREAMVACE_VAE"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_INPUT = (list(DTYPES), {"default": "bf16", "tooltip": "Weight and compute precision. bf16 is fast on recent "
+                                                            "GPUs; fp32 for CPU or exact comparisons."})
+STREAM_INPUTS = {
+    "stream_id": ("STRING", {"default": "main", "tooltip": "Name of the stream; queuing again with the same id "
+                                                          "continues it where the last run stopped."}),
+    "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the stream over (the next chunk is a first chunk)."}),
+}
+
+
+class StreamVACELoadWanVAE:
+    """Load the Wan2.1 causal VAE (full quality) from the 'vae' model folder."""
+
+    DESCRIPTION = ("Loads the Wan2.1 VAE (Wan2.1_VAE.pth or wan_2.1_vae.safetensors from models/vae) for the streaming "
+                   "encode/decode nodes and the StreamVACE sampler.")
+    CATEGORY = "StreamVACE/vae"
+    RETURN_TYPES = (VAE_TYPE,)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """A file from models/vae and a precision."""
+        return {"required": {
+            "vae_name": (host.model_files("vae"), {"tooltip": "Wan2.1_VAE.pth or wan_2.1_vae.safetensors."}),
+            "dtype": DTYPE_INPUT,
+        }}
+
+    def load(self, vae_name, dtype):
+        """Read the file onto ComfyUI's device."""
+        return (load_wan_vae(host.model_path("vae", vae_name), dtype=DTYPES[dtype], device=host.torch_device()),)
+
+
+class StreamVACELoadTinyVAE:
+    """Load the TAEHV tiny VAE for Wan2.1 (fast, lower quality) from the 'vae_approx' model folder."""
+
+    DESCRIPTION = ("Loads the tiny VAE taew2_1 (.pth or .safetensors, from models/vae_approx): several times faster "
+                   "than the full VAE, for previews and real-time output. Same frame counts as the full VAE.")
+    CATEGORY = "StreamVACE/vae"
+    RETURN_TYPES = (VAE_TYPE,)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """A file from models/vae_approx and a precision."""
+        return {"required": {
+            "vae_name": (host.model_files("vae_approx"), {"tooltip": "taew2_1.pth or taew2_1.safetensors."}),
+            "dtype": DTYPE_INPUT,
+        }}
+
+    def load(self, vae_name, dtype):
+        """Read the file onto ComfyUI's device."""
+        return (load_tiny_vae(host.model_path("vae_approx", vae_name), dtype=DTYPES[dtype], device=host.torch_device()),)
+
+
+class StreamVACEVAEDecodeStream:
+    """Decode the next chunk of a stream's latents to frames, continuing the decoder cache of earlier queue runs."""
+
+    DESCRIPTION = ("Decodes Wan2.1 latents chunk by chunk: the first chunk of n latents gives 1 + 4(n-1) frames, every "
+                   "later chunk 4n (3 latents: 9, then 12). The VAE may change between runs (full <-> tiny).")
+    CATEGORY = "StreamVACE/vae"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """A VAE, a latent chunk and the stream controls."""
+        return {"required": {
+            "vae": (VAE_TYPE, {"tooltip": "From a StreamVACE VAE loader."}),
+            "samples": ("LATENT", {"tooltip": "The next chunk of Wan2.1 video latents."}),
+            **STREAM_INPUTS,
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """Always run: every queue run decodes the next chunk."""
+        return float("nan")
+
+    def decode(self, vae, samples, stream_id, reset):
+        """LATENT -> IMAGE [frames, H, W, 3]; batches are placed one after another."""
+        host.check_interrupted()
+        streams = registry("vae_decode")
+        if reset:
+            streams.reset(stream_id)
+        video = streams.get_or_create(stream_id, "decode", DecodeStream).decode(vae, comfy_to_latents(samples))
+        return (torch.cat([video_to_image(clip) for clip in video]),)
+
+
+class StreamVACEVAEEncodeStream:
+    """Encode the next chunk of frames to latents, continuing the encoder cache of earlier queue runs."""
+
+    DESCRIPTION = ("Encodes frames chunk by chunk to Wan2.1 latents: the first chunk needs 1 + 4k frames (9 -> 3 "
+                   "latents), later chunks 4k frames (12 -> 3). Width and height must be multiples of 16.")
+    CATEGORY = "StreamVACE/vae"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("samples",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """A VAE, a chunk of frames and the stream controls."""
+        return {"required": {
+            "vae": (VAE_TYPE, {"tooltip": "From a StreamVACE VAE loader."}),
+            "frames": ("IMAGE", {"tooltip": "The next chunk of frames."}),
+            **STREAM_INPUTS,
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """Always run: every queue run encodes the next chunk."""
+        return float("nan")
+
+    def encode(self, vae, frames, stream_id, reset):
+        """IMAGE -> LATENT (raw, as ComfyUI's VAEEncode gives)."""
+        host.check_interrupted()
+        streams = registry("vae_encode")
+        if reset:
+            streams.reset(stream_id)
+        latents = streams.get_or_create(stream_id, "encode", EncodeStream).encode(vae, image_to_video(frames)[None])
+        return (latents_to_comfy(latents),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "StreamVACELoadWanVAE": StreamVACELoadWanVAE,
+    "StreamVACELoadTinyVAE": StreamVACELoadTinyVAE,
+    "StreamVACEVAEDecodeStream": StreamVACEVAEDecodeStream,
+    "StreamVACEVAEEncodeStream": StreamVACEVAEEncodeStream,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "StreamVACELoadWanVAE": "Load Wan2.1 VAE (StreamVACE)",
+    "StreamVACELoadTinyVAE": "Load Tiny VAE taew2_1 (StreamVACE)",
+    "StreamVACEVAEDecodeStream": "VAE Decode Stream (StreamVACE)",
+    "StreamVACEVAEEncodeStream": "VAE Encode Stream (StreamVACE)",
+}
