@@ -128,3 +128,17 @@ def test_ui_workflow_is_valid(path):
         assert target_input["link"] == link_id, f"link {link_id} is not recorded on its target input"
         assert _types_match(produced, link_type) and _types_match(link_type, expected), (
             f"link {link_id}: {nodes[source]['type']} gives {produced}, {nodes[target]['type']}.{target_input['name']} needs {expected}")
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=os.path.basename)
+def test_ui_twin_is_generated_from_the_api_workflow(path):
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from ui_workflow import node_definitions, ui_workflow
+
+    twin = os.path.join(ROOT, "workflows", os.path.basename(path))
+    assert os.path.exists(twin), f"{os.path.basename(path)} has no UI-format twin in workflows/"
+    with open(path) as api, open(twin) as ui:
+        assert json.load(ui) == ui_workflow(json.load(api), node_definitions()), (
+            f"regenerate it: python tools/ui_workflow.py {os.path.relpath(path, ROOT)} > {os.path.relpath(twin, ROOT)}")

@@ -1,0 +1,197 @@
+"""Nodes for the streaming Wan2.1 + VACE generator: model and LoRA loading, VACE controls, the stream sampler.
+
+The sampler keeps its stream (KV cache, prompt cache, VACE encoder streams) in the "wan" stream registry,
+keyed by stream_id: queue the graph N times and it generates N consecutive pieces of one video.
+"""
+
+import torch
+
+from ..models import attention as attention_backends
+from ..models.kv_cache import cache_policy as make_cache_policy
+from ..models.latent_format import latents_to_comfy
+from ..models.stream import StreamConfig
+from ..models.stream_session import TIMINGS, Control, StreamSession
+from ..models.wan_checkpoint import load_wan_model
+from . import host
+from .convert import image_to_video, mask_to_video
+from .streams import registry
+
+MODEL_TYPE, LORA_TYPE, CONTROL_TYPE, VAE_TYPE = "STREAMVACE_MODEL", "STREAMVACE_LORA", "STREAMVACE_CONTROL", "STREAMVACE_VAE"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+POLICIES = ("longlive", "motionstream", "full")
+
+
+class StreamVACEModelLoader:
+    """Load a causal Wan2.1 DiT (LongLive, Self-Forcing, ...), optionally with a VACE module and LoRAs."""
+
+    DESCRIPTION = ("Loads a Wan2.1 DiT for streaming from models/diffusion_models: Wan-AI, Comfy-Org repackaged, "
+                   "Self-Forcing / LongLive checkpoints (.pt, generator_ema preferred), diffusers folders; fp32/fp16/"
+                   "bf16/fp8 files. Add a VACE module file (e.g. Wan2_1-VACE_module_1_3B_bf16) for control, and LoRAs "
+                   "(e.g. LongLive's lora.pt) which are merged at load.")
+    CATEGORY = "StreamVACE/loaders"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """Model file, optional VACE module, precision, attention backend, optional LoRAs."""
+        files = host.model_files("diffusion_models")
+        return {"required": {
+            "model_name": (files, {"tooltip": "A causal Wan2.1 checkpoint (e.g. longlive_base.pt, self_forcing_dmd.pt)."}),
+            "vace_module": (["none"] + files, {"tooltip": "A VACE-only module file; 'none' if the model has VACE or "
+                                                          "you need no control."}),
+            "dtype": (list(DTYPES), {"default": "bf16"}),
+            "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "flash_attn / sageattention "
+                                                                                   "must be installed."}),
+        }, "optional": {"lora": (LORA_TYPE, {"tooltip": "LoRAs to merge, from 'StreamVACE LoRA'."})}}
+
+    def load(self, model_name, vace_module, dtype, attention, lora=None):
+        """Read and build the model on ComfyUI's device."""
+        attention_backends.set_backend(attention)
+        vace_path = None if vace_module == "none" else host.model_path("diffusion_models", vace_module)
+        model = load_wan_model(host.model_path("diffusion_models", model_name), vace_path=vace_path,
+                               loras=lora or (), dtype=DTYPES[dtype], device=host.torch_device())
+        return (model,)
+
+
+class StreamVACELora:
+    """Pick a LoRA to merge into the model at load (chain several)."""
+
+    DESCRIPTION = "A LoRA from models/loras (PEFT as LongLive ships it, or kohya naming) and its strength."
+    CATEGORY = "StreamVACE/loaders"
+    RETURN_TYPES = (LORA_TYPE,)
+    RETURN_NAMES = ("lora",)
+    FUNCTION = "select"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """LoRA file, strength, optional earlier LoRAs."""
+        return {"required": {
+            "lora_name": (host.model_files("loras"),),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
+        }, "optional": {"previous": (LORA_TYPE,)}}
+
+    def select(self, lora_name, strength, previous=None):
+        """Append this LoRA to the chain."""
+        return (list(previous or []) + [(host.model_path("loras", lora_name), strength)],)
+
+
+class StreamVACEControl:
+    """One VACE control: a control video (depth, pose, scribble, ...), masks, references, first/last frames."""
+
+    DESCRIPTION = ("VACE control for the stream sampler. control_video: frames from an annotator (depth, pose, "
+                   "scribble, gray, flow, layout) or a source video to inpaint; control_mask: white = generate; "
+                   "reference_images: subject/style references kept for the whole stream; first_frame: start from "
+                   "an image; last_frame: end each run on an image. Chain several controls with 'previous'.")
+    CATEGORY = "StreamVACE/control"
+    RETURN_TYPES = (CONTROL_TYPE,)
+    RETURN_NAMES = ("control",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """Strength, timing, and any of the optional control inputs."""
+        return {"required": {
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                   "tooltip": "VACE context scale."}),
+            "timing": (list(TIMINGS), {"default": "stream", "tooltip": "stream: frame i of the control steers frame "
+                                       "i of the stream; call: each queue run starts at the control's frame 0 "
+                                       "(live input)."}),
+        }, "optional": {
+            "control_video": ("IMAGE",), "control_mask": ("MASK",), "reference_images": ("IMAGE",),
+            "first_frame": ("IMAGE",), "last_frame": ("IMAGE",), "previous": (CONTROL_TYPE,),
+        }}
+
+    def build(self, strength, timing, control_video=None, control_mask=None, reference_images=None,
+              first_frame=None, last_frame=None, previous=None):
+        """Convert the inputs to the engine's layouts and append to the chain."""
+        control = Control(
+            frames=None if control_video is None else image_to_video(control_video),
+            mask=None if control_mask is None else mask_to_video(control_mask),
+            references=None if reference_images is None else image_to_video(reference_images).transpose(0, 1),
+            first_frame=None if first_frame is None else image_to_video(first_frame[:1])[:, 0],
+            last_frame=None if last_frame is None else image_to_video(last_frame[-1:])[:, 0],
+            strength=strength, timing=timing)
+        return (list(previous or []) + [control],)
+
+
+class StreamVACESampler:
+    """Generate the next chunks of a causal video stream; queue again to continue the same video."""
+
+    DESCRIPTION = ("Causal streaming generation (LongLive / Self-Forcing): each run continues the stream named "
+                   "stream_id by 'chunks' chunks of 3 latent frames (the first chunk decodes to 9 frames, each later "
+                   "one to 12). The KV cache keeps an attention sink and a rolling window, so every chunk costs the "
+                   "same however long the video gets. Changing size, seed, policy or steps restarts the stream.")
+    CATEGORY = "StreamVACE/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("samples",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """Model, prompt, stream controls, size, sampling settings and optional VAE + VACE controls."""
+        return {"required": {
+            "model": (MODEL_TYPE,),
+            "positive": ("CONDITIONING", {"tooltip": "From CLIPTextEncode with a umT5-XXL text encoder (type wan)."}),
+            "stream_id": ("STRING", {"default": "main"}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the video over."}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16}),
+            "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Chunks generated per queue run."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            "cache_policy": (list(POLICIES), {"default": "longlive", "tooltip": "longlive: sink 3 + window 6 frames; "
+                             "motionstream: sink 1 chunk + window 1 chunk; full: all history (Self-Forcing, <= 21 frames)."}),
+            "steps": ("STRING", {"default": "1000,750,500,250", "tooltip": "Nominal denoising timesteps."}),
+            "warp_steps": ("BOOLEAN", {"default": True, "tooltip": "Warp the steps through the shift-5 schedule as "
+                                                                   "LongLive / Self-Forcing were trained."}),
+        }, "optional": {"vae": (VAE_TYPE, {"tooltip": "Needed to encode VACE controls."}),
+                        "control": (CONTROL_TYPE,)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """Always run: every queue run continues the stream."""
+        return float("nan")
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps, **kwargs):
+        """Reject a steps string that is not a decreasing list of numbers in (0, 1000]."""
+        try:
+            values = [float(s) for s in steps.split(",")]
+        except ValueError:
+            return f"steps must be comma-separated numbers, got {steps!r}"
+        return True if values and values == sorted(values, reverse=True) and 0 < values[-1] and values[0] <= 1000 \
+            else f"steps must decrease within (0, 1000], got {steps!r}"
+
+    def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
+               warp_steps, vae=None, control=None):
+        """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
+        step_list = tuple(float(s) for s in steps.split(","))
+        config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
+                              warp_steps=warp_steps, seed=seed)
+        streams = registry("wan")
+        if reset:
+            streams.reset(stream_id)
+        session = streams.get_or_create(stream_id, (id(model), config), lambda: StreamSession(model, config, vae))
+        session.use_vae(vae)
+        session.set_prompt(positive[0][0])
+        progress = host.Progress(chunks * (len(step_list) + 1))
+        first_chunk = session.chunks_done
+        latents = session.generate(chunks, control or (), on_step=lambda i, n: progress.update(1))
+        out = latents_to_comfy(latents)
+        out["stream_chunk"] = first_chunk  # lets a streaming decoder restart in step with the sampler
+        return (out,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "StreamVACEModelLoader": StreamVACEModelLoader,
+    "StreamVACELora": StreamVACELora,
+    "StreamVACEControl": StreamVACEControl,
+    "StreamVACESampler": StreamVACESampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "StreamVACEModelLoader": "Load Streaming Wan Model (StreamVACE)",
+    "StreamVACELora": "LoRA (StreamVACE)",
+    "StreamVACEControl": "VACE Control (StreamVACE)",
+    "StreamVACESampler": "Stream Sampler (StreamVACE)",
+}

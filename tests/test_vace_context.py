@@ -1,0 +1,160 @@
+"""The per-chunk VACE context (dual VAE encoder streams + 64-channel mask), and the stream session that
+cuts control videos into chunks, against VACE's whole-clip math on the same tiny VAEs."""
+
+import pytest
+import torch
+
+from streamvace.models.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.stream_session import Control, StreamSession
+from streamvace.models.tiny_vae import TinyVAE
+from streamvace.models.vace_context import (VaceContextBuilder, frame_reference_control, mask_to_latent_channels,
+                                             pixel_frame_start, pixel_frames_for_chunk)
+from streamvace.models.wan_vae import WanVAE, WanVAEConfig
+
+from _vae_helpers import TINY_TAE_WIDTHS, random_video, tiny_vae_state_dict, wan_vae_state_dict
+from wan_tiny import TEXT_DIM, tiny_model
+
+H, W = 32, 48
+
+
+def _vae(kind):
+    if kind == "wan":
+        vae = WanVAE(WanVAEConfig(dim=8))
+        vae.load_state_dict(wan_vae_state_dict(seed=1))
+    else:
+        vae = TinyVAE(**TINY_TAE_WIDTHS)
+        vae.load_state_dict(tiny_vae_state_dict(seed=1))
+    return vae.eval()
+
+
+def _mask(frames, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, 1, frames, H, W, generator=g) > 0.5).float()
+
+
+def test_frame_counts_follow_the_vae():
+    assert [pixel_frames_for_chunk(i) for i in range(3)] == [9, 12, 12]
+    assert [pixel_frame_start(i) for i in range(4)] == [0, 9, 21, 33]
+
+
+def test_mask_channels_are_8x8_pixel_blocks_and_group_maxima():
+    mask = torch.zeros(1, 1, 9, 16, 24)
+    mask[0, 0, 3, 8 + 5, 16 + 2] = 1  # frame 3 -> latent 1; block (1, 2); row 5, column 2
+    channels = mask_to_latent_channels(mask, first_chunk=True)
+    assert channels.shape == (1, 64, 3, 2, 3)
+    assert channels.sum() == 1 and channels[0, 8 * 5 + 2, 1, 1, 2] == 1
+    later = mask_to_latent_channels(torch.ones(1, 1, 12, 16, 24), first_chunk=False)
+    assert later.shape == (1, 64, 3, 2, 3) and later.min() == 1
+
+
+@pytest.mark.parametrize("kind", ["wan", "tiny"])
+def test_chunked_context_equals_whole_clip_vace_math(kind):
+    vae = _vae(kind)
+    frames, mask = random_video(21, H, W, seed=3), _mask(21)
+    builder = VaceContextBuilder(vae, H, W)
+    contexts = []
+    for start, length in ((0, 9), (9, 12)):
+        contexts.append(builder.context_for_chunk(frames[:, :, start:start + length], mask[:, :, start:start + length]))
+        builder.commit()
+    with torch.no_grad():
+        inactive = vae.encode(frames * (1 - mask))
+        reactive = vae.encode(frames * mask)
+    expected_mask = torch.cat([mask_to_latent_channels(mask[:, :, :9], True),
+                               mask_to_latent_channels(mask[:, :, 9:], False)], dim=2)
+    expected = torch.cat([inactive, reactive, expected_mask], dim=1)
+    got = torch.cat(contexts, dim=2)
+    assert got.shape == (1, 96, 6, H // 8, W // 8)
+    assert ((got - expected).norm() / expected.norm()) <= 1e-4
+
+
+def test_uncommitted_chunk_leaves_the_builder_unchanged():
+    vae = _vae("wan")
+    frames = random_video(21, H, W, seed=4)
+    builder = VaceContextBuilder(vae, H, W)
+    builder.context_for_chunk(frames[:, :, :9])
+    builder.commit()
+    first_try = builder.context_for_chunk(frames[:, :, 9:21])  # the chunk "fails": no commit
+    assert torch.equal(builder.context_for_chunk(frames[:, :, 9:21]), first_try)
+    with pytest.raises(ValueError, match=r"must be \[1, 3, 12, 32, 48\]"):
+        builder.context_for_chunk(frames[:, :, :9])
+    bad = frames[:, :, 9:21].clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        builder.context_for_chunk(bad)
+
+
+def test_first_and_last_frame_extension_keeps_those_frames():
+    first, last = torch.rand(3, H, W) * 2 - 1, torch.rand(3, H, W) * 2 - 1
+    frames, mask = frame_reference_control(12, first, last)
+    assert torch.equal(frames[:, 0], first) and torch.equal(frames[:, 8], last) and torch.equal(frames[:, 11], last)
+    assert mask[0, 0].max() == 0 and mask[0, 8:].max() == 0 and mask[0, 1:8].min() == 1
+
+
+def _session(vae_kind="wan", seed=5):
+    config = StreamConfig(height=H, width=W, seed=seed)
+    session = StreamSession(tiny_model(vace=True), config, _vae(vae_kind))
+    session.set_prompt(torch.randn(1, 4, TEXT_DIM, generator=torch.Generator().manual_seed(0)))
+    return session
+
+
+def test_session_equals_stream_with_hand_built_contexts():
+    frames, mask = random_video(33, H, W, seed=6)[0], _mask(33)[0]
+    session = _session()
+    out = session.generate(3, [Control(frames=frames, mask=mask, strength=0.7)])
+
+    vae = _vae("wan")
+    stream = WanStream(tiny_model(vace=True), StreamConfig(height=H, width=W, seed=5))
+    stream.set_prompt(torch.randn(1, 4, TEXT_DIM, generator=torch.Generator().manual_seed(0)))
+    builder, chunks = VaceContextBuilder(vae, H, W), []
+    for start, length in ((0, 9), (9, 12), (21, 12)):
+        ctx = builder.context_for_chunk(frames[None, :, start:start + length], mask[None, :, start:start + length])
+        chunks.append(stream.next_chunk([VaceInput(ctx, 0.7)]))
+        builder.commit()
+    assert torch.equal(out, torch.cat(chunks, dim=2))
+
+
+def test_session_split_over_calls_equals_one_call_and_survives_interruption():
+    frames = random_video(33, H, W, seed=7)[0]
+    refs = torch.rand(2, 3, 40, 40) * 2 - 1
+    controls = [Control(frames=frames, references=refs, first_frame=frames[:, 0], strength=1.0)]
+    one_call = _session().generate(3, controls)
+
+    split = _session()
+    parts = [split.generate(1, controls)]
+
+    def interrupt(step, total):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        split.generate(1, controls, on_step=interrupt)
+    parts += [split.generate(1, controls), split.generate(1, controls)]
+    assert split.chunks_done == 3
+    # last_frame is not used, so calls split differently must give the same video
+    assert torch.equal(torch.cat(parts, dim=2), one_call)
+
+
+def test_live_timing_restarts_the_control_every_call():
+    clip = random_video(12, H, W, seed=8)[0]
+    live = _session()
+    live.generate(1, [Control(frames=clip[:, :9], timing="call")])
+    second = live.generate(1, [Control(frames=clip, timing="call")])
+    absolute = _session()
+    absolute.generate(1, [Control(frames=clip[:, :9])])
+    expected = absolute.generate(1, [Control(frames=torch.cat([clip[:, :9], clip], dim=1))])
+    assert torch.equal(second, expected)
+
+
+def test_control_joining_mid_stream_and_bad_controls():
+    session = _session("tiny")
+    session.generate(1)
+    out = session.generate(1, [Control(frames=random_video(40, H, W, seed=9)[0])])
+    assert out.shape == (1, 16, 3, H // 8, W // 8) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="empty"):
+        Control(frames=torch.zeros(3, 0, H, W))
+    with pytest.raises(ValueError, match="timing"):
+        Control(timing="sometimes")
+    no_vae = StreamSession(tiny_model(vace=True), StreamConfig(height=H, width=W))
+    no_vae.set_prompt(torch.randn(1, 4, TEXT_DIM))
+    with pytest.raises(ValueError, match="need a VAE"):
+        no_vae.generate(1, [Control()])

@@ -1,0 +1,88 @@
+"""The generator's nodes as ComfyUI calls them, outside ComfyUI (nodes/host.py's plain models folder):
+N queued runs of the same graph give N consecutive chunks of one video."""
+
+import pytest
+import torch
+
+from streamvace.models.latent_format import comfy_to_latents
+from streamvace.models.stream import StreamConfig
+from streamvace.models.stream_session import StreamSession
+from streamvace.models.wan_checkpoint import load_wan_model
+from streamvace.nodes import NODE_CLASS_MAPPINGS as NODES
+from streamvace.nodes.streams import free_streams
+
+from _vae_helpers import save_weights, wan_vae_state_dict
+from wan_tiny import TEXT_DIM, tiny_model
+
+H, W = 32, 48
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch):
+    for folder in ("diffusion_models", "vae", "loras"):
+        (tmp_path / folder).mkdir()
+    full = tiny_model(vace=True).state_dict()
+    save_weights({f"model.diffusion_model.{k}": v for k, v in full.items() if not k.startswith("vace_")},
+                 tmp_path / "diffusion_models" / "wan_t2v_tiny.safetensors")
+    save_weights({k: v for k, v in full.items() if k.startswith("vace_")},
+                 tmp_path / "diffusion_models" / "vace_module_tiny.safetensors")
+    save_weights(wan_vae_state_dict(seed=2), tmp_path / "vae" / "wan_vae_tiny.pth")
+    monkeypatch.setenv("STREAMVACE_MODELS_DIR", str(tmp_path))
+    yield tmp_path
+    free_streams()
+
+
+def _load(models_dir):
+    model = NODES["StreamVACEModelLoader"]().load("wan_t2v_tiny.safetensors", "vace_module_tiny.safetensors", "fp32",
+                                                   "sdpa")[0]
+    vae = NODES["StreamVACELoadWanVAE"]().load("wan_vae_tiny.pth", "fp32")[0]
+    return model, vae
+
+
+def test_loader_combo_lists_the_model_folder(models_dir):
+    spec = NODES["StreamVACEModelLoader"].INPUT_TYPES()["required"]
+    assert spec["model_name"][0] == ["vace_module_tiny.safetensors", "wan_t2v_tiny.safetensors"]
+    assert spec["vace_module"][0][0] == "none"
+
+
+def test_queued_runs_continue_one_stream(models_dir):
+    model, vae = _load(models_dir)
+    prompt = [[torch.randn(1, 7, TEXT_DIM), {}]]
+    video = torch.rand(33, H, W, 3)
+    control = NODES["StreamVACEControl"]().build(0.8, "stream", control_video=video)[0]
+    sampler, decoder = NODES["StreamVACESampler"](), NODES["StreamVACEVAEDecodeStream"]()
+    args = dict(model=model, positive=prompt, stream_id="s", reset=False, width=W, height=H, chunks=1, seed=3,
+                cache_policy="longlive", steps="1000,750,500,250", warp_steps=True, vae=vae, control=control)
+    runs = [sampler.sample(**args)[0] for _ in range(3)]
+    frames = [decoder.decode(vae, latent, "s", False)[0] for latent in runs]
+    assert [r["stream_chunk"] for r in runs] == [0, 1, 2]
+    assert [f.shape[0] for f in frames] == [9, 12, 12] and frames[0].shape[1:] == (H, W, 3)
+
+    session = StreamSession(load_wan_model(str(models_dir / "diffusion_models" / "wan_t2v_tiny.safetensors"),
+                                           vace_path=str(models_dir / "diffusion_models" / "vace_module_tiny.safetensors"),
+                                           dtype=torch.float32), StreamConfig(height=H, width=W, seed=3), vae)
+    session.set_prompt(prompt[0][0])
+    expected = session.generate(3, control)
+    got = torch.cat([comfy_to_latents(r) for r in runs], dim=2)
+    assert ((got - expected).norm() / expected.norm()) <= 1e-5
+
+    restarted = sampler.sample(**{**args, "reset": True})[0]
+    assert restarted["stream_chunk"] == 0 and torch.equal(restarted["samples"], runs[0]["samples"])
+    assert decoder.decode(vae, restarted, "s", False)[0].shape[0] == 9  # the decoder follows the restart
+
+
+def test_changing_the_size_restarts_the_stream(models_dir):
+    model, vae = _load(models_dir)
+    sampler = NODES["StreamVACESampler"]()
+    args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="s", reset=False, width=W,
+                height=H, chunks=2, seed=0, cache_policy="motionstream", steps="1000,500", warp_steps=False)
+    assert sampler.sample(**args)[0]["stream_chunk"] == 0
+    assert sampler.sample(**args)[0]["stream_chunk"] == 2
+    assert sampler.sample(**{**args, "width": 64})[0]["stream_chunk"] == 0
+
+
+def test_sampler_validates_steps():
+    validate = NODES["StreamVACESampler"].VALIDATE_INPUTS
+    assert validate(steps="1000,750,500,250") is True
+    assert "decrease" in validate(steps="250,500")
+    assert "numbers" in validate(steps="fast")
