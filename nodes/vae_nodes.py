@@ -99,7 +99,7 @@ class StreamVACEVAEDecodeStream:
         """LATENT -> IMAGE [frames, H, W, 3]; batches are placed one after another."""
         host.check_interrupted()
         streams = registry("vae_decode")
-        if reset or samples.get("stream_chunk") == 0:  # the sampler started its stream over: so do we
+        if reset or (isinstance(samples, dict) and samples.get("stream_chunk") == 0):  # the sampler restarted its stream
             streams.reset(stream_id)
         video = streams.get_or_create(stream_id, "decode", DecodeStream).decode(vae, comfy_to_latents(samples))
         return (torch.cat([video_to_image(clip) for clip in video]),)
