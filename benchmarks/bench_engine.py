@@ -91,25 +91,31 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--chunks", type=int, default=10)
     parser.add_argument("--policy", default="longlive")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every block (experimental)")
+    parser.add_argument("--sizes", default="480x832,368x640")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model = build_model(SMOKE if args.smoke else FULL, device, dtype)
-    sizes = [(64, 96)] if args.smoke else [(480, 832), (368, 640)]
+    if args.compile:
+        for block in list(model.blocks) + list(getattr(model, "vace_blocks", [])):
+            block.compile(dynamic=False)
+    sizes = [(64, 96)] if args.smoke else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "date": datetime.date.today().isoformat(), "dtype": str(dtype),
         "model": "smoke" if args.smoke else "Wan2.1-VACE-1.3B (random weights)",
-        "steps": "4 warped + t=0 cache pass", "runs": [],
+        "steps": "4 warped + t=0 cache pass", "compiled": args.compile, "runs": [],
     }
     for height, width in sizes:
         for vace in (False, True):
-            run = time_stream(model, height, width, vace, warmup=5, chunks=2 if args.smoke else args.chunks,
+            run = time_stream(model, height, width, vace, warmup=8 if args.compile else 5, chunks=2 if args.smoke else args.chunks,
                               policy=args.policy)
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_engine.json"), "w") as handle:
+    name = "bench_engine_compiled.json" if args.compile else "bench_engine.json"
+    with open(os.path.join(args.out, name), "w") as handle:
         json.dump(results, handle, indent=2)
     return 0
 
