@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .stream import StreamConfig, VaceInput, VaceReference, WanStream
+from .stream import StreamConfig, VaceInput, WanStream
+from .vace_reference import VaceReference
 from .vace_context import VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start
 from .wan_dit import WanDiT
 
