@@ -310,3 +310,19 @@ class DreamLiteStylizer:
         self._flows.close()
         if self.lllite is not None:
             self.lllite.detach()
+
+
+class StylizeModel:
+    """A loaded DreamLite-mobile (+ optional Temporal-LLLite) handing out one stylizer per frame and batch size."""
+
+    def __init__(self, models: DreamLiteModels, lllite=None, lllite_report=None, compile_unet: str = None):
+        self.models, self.lllite, self.lllite_report, self.compile_unet = models, lllite, lllite_report, compile_unet
+        self._stylizers = {}
+
+    def stylizer(self, width: int, height: int, batch_size: int) -> DreamLiteStylizer:
+        """The engine for this frame size and batch size (built once, then reused)."""
+        key = (width, height, batch_size)
+        if key not in self._stylizers:
+            self._stylizers[key] = DreamLiteStylizer(self.models, width, height, batch_size, lllite=self.lllite,
+                                                     compile_unet=self.compile_unet)
+        return self._stylizers[key]

@@ -8,9 +8,10 @@ DeepStack on), tokenizer/ and processor/ (a byte-level BPE with Qwen's special t
 import json
 import os
 
+import pytest
 import torch
 from diffusers import AutoencoderTiny, DreamLiteUNetModel, FlowMatchEulerDiscreteScheduler
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from streamvace.models.dreamlite_text import EDIT_INSTRUCTION, EDIT_SYSTEM_PREFIX
@@ -18,6 +19,9 @@ from streamvace.models.dreamlite_text import EDIT_INSTRUCTION, EDIT_SYSTEM_PREFI
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
 TEXT_HIDDEN = 32
+# Qwen2's pre-tokenizer split; with whole-word tokens the edit system prefix is 64 tokens, as upstream drops
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+              r"\s+(?!\S)|\s+")
 
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4,
@@ -31,14 +35,25 @@ TINY_UNET = dict(
     norm_num_groups=8, ff_mult=3, num_kv_heads=1, qk_norm="rms_norm", use_linear_projection=True, use_sep_conv=True)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models are dominated by per-op overhead: one intra-op thread is far faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_tokenizer():
-    """A byte-level BPE that knows Qwen's chat / vision special tokens."""
+    """A byte-level BPE with Qwen2's pre-tokenizer and special tokens, whole words for the template text."""
     corpus = [EDIT_SYSTEM_PREFIX, EDIT_INSTRUCTION.format("an oil painting style, a watercolor wash"),
               "system user assistant"]
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=5000, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus, trainer)
     return Qwen2Tokenizer(tokenizer_object=tokenizer, unk_token=None, bos_token=None, eos_token="<|im_end|>",

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DreamLiteUNetModel
 from dreamlite_tiny import TEXT_HIDDEN, tiny_unet
+from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from safetensors.torch import save_file
 
 from streamvace.models.checkpoint_io import CheckpointError

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny, DreamLiteUNetModel, FlowMatchEulerDiscreteScheduler
 from dreamlite_tiny import build_tiny_dreamlite
+from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from transformers import Qwen3VLModel
 
 from streamvace.models.checkpoint_io import CheckpointError

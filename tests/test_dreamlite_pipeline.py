@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import DreamLiteMobilePipeline
 from dreamlite_tiny import build_tiny_dreamlite, random_frames
+from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from PIL import Image
 
 from streamvace.models.dreamlite_loader import load_dreamlite

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from dreamlite_tiny import random_frames, tiny_text_encoder, tiny_tokenizer
+from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from transformers import Qwen2VLImageProcessor, Qwen3VLModel
 
 from streamvace.models.dreamlite_text import (EDIT_INSTRUCTION, EDIT_TEMPLATE, IMAGE_TOKEN, EditPromptEncoder,
@@ -80,6 +81,13 @@ def test_bare_qwen3vl_model_loads_from_the_full_checkpoint(parts, tmp_path):
     full.save_pretrained(tmp_path)
     bare = Qwen3VLModel.from_pretrained(tmp_path)
     assert torch.equal(bare.language_model.embed_tokens.weight, full.model.language_model.embed_tokens.weight)
+
+
+def test_unet_sees_192_tokens_after_the_64_token_system_prefix(parts):
+    # with Qwen2's pre-tokenizer and whole-word tokens (as the real 151k vocabulary has for this text) the
+    # system prefix is the 64 tokens upstream drops, leaving [B, 192, D] for the U-Net
+    _, _, encoder = parts
+    assert encoder.sequence_length() == 192
 
 
 def test_too_long_prompt_is_a_clear_error(parts):
