@@ -69,7 +69,7 @@ class StylizeStream:
 class _Prefetched:
     """One batch after the side-stream work: source latents, text embeddings, flow futures."""
 
-    host: torch.Tensor
+    host: torch.Tensor  # keeps the pinned frames alive until their asynchronous upload is done
     pixels: torch.Tensor
     latents: torch.Tensor
     text: tuple
@@ -118,13 +118,12 @@ class DreamLiteStylizer:
         if compile_unet:  # after attaching LLLite, so the adapter is part of the one graph
             self.unet = torch.compile(models.unet, mode=compile_unet, backend=compile_backend,
                                       fullgraph=False, dynamic=False)
-        self._compiled_cudagraphs = bool(compile_unet) and "reduce-overhead" in compile_unet
+        self._compiled = bool(compile_unet)
         self._cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if self._cuda else None
         self._flows = FlowWorkers(flow_workers)
         self._time_ids = torch.tensor([[width, height]] * batch_size, device=self.device, dtype=self.dtype)
         self._schedules = {}
-        self._strength = None
         self.step_events = []  # (start, end) CUDA events around the U-Net steps, when profile_steps is set
         self.profile_steps = False
 
@@ -167,18 +166,18 @@ class DreamLiteStylizer:
             self.lllite.allocate(batch, self.height, self.width)
         work, generator_state = replace(stream), stream.generator.get_state()
         try:
-            outputs = self._run([padded[i:i + batch] for i in range(0, len(padded), batch)], count, work,
-                                options, on_batch)
+            result = self._run([padded[i:i + batch] for i in range(0, len(padded), batch)], count, work,
+                               options, on_batch)
         except BaseException:
             stream.generator.set_state(generator_state)
             if self.lllite is not None and self.lllite.cond_owner is stream.token:
                 self.lllite.cond_owner = None  # its buffers hold uncommitted conditions
             raise
         stream.__dict__.update(work.__dict__)
-        return torch.cat(outputs)[:count]
+        return result
 
-    def _run(self, batches, count, work, options, on_batch) -> list:
-        outputs = []
+    def _run(self, batches, count, work, options, on_batch) -> torch.Tensor:
+        result = torch.empty(count, self.height, self.width, 3)
         pending = self._prefetch(batches[0], min(self.batch_size, count), work, options)
         for index in range(len(batches)):
             current = pending
@@ -186,11 +185,12 @@ class DreamLiteStylizer:
             if index + 1 < len(batches):  # enqueue batch n+1's side work before waiting for batch n
                 real = min(self.batch_size, count - (index + 1) * self.batch_size)
                 pending = self._prefetch(batches[index + 1], real, work, options)
-            outputs.append(self._collect(images)[: current.real])
+            start = index * self.batch_size
+            self._collect(images[: current.real], result[start: start + current.real])
             work.frames_done += current.real
             if on_batch is not None:
                 on_batch(current.real)
-        return outputs
+        return result
 
     def _lllite_active(self, options) -> bool:
         return self.lllite is not None and options.lllite_strength != 0.0
@@ -244,9 +244,7 @@ class DreamLiteStylizer:
         elif self.lllite.cond_owner is not work.token:
             self.lllite.set_cond_image(work.cond_image, owner=work.token)  # another stream used the buffers
         work.cond_age += 1
-        if self._strength != options.lllite_strength:
-            self.lllite.set_multiplier(options.lllite_strength)
-            self._strength = options.lllite_strength
+        self.lllite.set_multiplier(options.lllite_strength)
 
     def _noise(self, work: StylizeStream, options) -> torch.Tensor:
         shape = (self.batch_size, self.models.vae.config.latent_channels, self.height // 8, self.width // 8)
@@ -264,16 +262,15 @@ class DreamLiteStylizer:
             torch.cuda.current_stream(self.device).wait_event(batch.ready)
         if self._lllite_active(options):
             self._set_condition(batch, work, options)
-        elif self.lllite is not None and self._strength != 0.0:
+        elif self.lllite is not None:
             self.lllite.set_multiplier(0.0)
-            self._strength = 0.0
         _, embeds, mask = batch.text
         latents = self._noise(work, options)
         width = latents.shape[-1]
         events = self._step_events()
         for timestep, sigma, next_sigma in self.schedule(options.steps):
             model_input = torch.cat([latents.to(self.dtype), batch.latents], dim=3)
-            if self._compiled_cudagraphs:
+            if self._compiled:  # CUDA-graph modes reuse output memory: each step starts a new generation
                 torch.compiler.cudagraph_mark_step_begin()
             velocity = self.unet(model_input, timestep, encoder_hidden_states=embeds, encoder_attention_mask=mask,
                                  added_cond_kwargs={"time_ids": self._time_ids}, return_dict=False)[0]
@@ -295,15 +292,12 @@ class DreamLiteStylizer:
         self.step_events.append(events)
         return events
 
-    def _collect(self, images: torch.Tensor) -> torch.Tensor:
-        """Frames [B, 3, H, W] in [-1, 1] on the device -> IMAGE [B, H, W, 3] on the CPU (waits for them)."""
-        frames = ((images.float() + 1.0) * 0.5).permute(0, 2, 3, 1)
-        if not self._cuda:
-            return frames.contiguous()
-        host = torch.empty(frames.shape, dtype=torch.float32, pin_memory=True)
-        host.copy_(frames, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()  # the side stream keeps running
-        return host
+    def _collect(self, images: torch.Tensor, out: torch.Tensor) -> None:
+        """Frames [B, 3, H, W] in [-1, 1] on the device into IMAGE rows [B, H, W, 3] on the CPU.
+
+        A plain device-to-host copy waits for the main stream only: the side stream keeps running.
+        """
+        out.copy_(((images.float() + 1.0) * 0.5).permute(0, 2, 3, 1))
 
     def close(self) -> None:
         """Release the flow threads and take the LLLite hooks off the U-Net."""

@@ -154,9 +154,9 @@ class EditPromptEncoder:
         images = (frames.float() + 1.0) * 0.5
         if images.shape[-2:] != (size, size):
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        mean = images.new_tensor(self.patching.image_mean).view(1, 3, 1, 1)
-        std = images.new_tensor(self.patching.image_std).view(1, 3, 1, 1)
-        images = (images - mean) / std
+        # Python-float statistics: a small tensor built from a list would be a host-to-device copy per batch
+        images = torch.cat([(images[:, c:c + 1] - mean) / std for c, (mean, std) in
+                            enumerate(zip(self.patching.image_mean, self.patching.image_std))], dim=1)
         batch, grid = images.shape[0], size // p
         # a still image fills both temporal slots, then the processor's block-major patch order
         clip = images[:, None].expand(batch, t, 3, size, size)

@@ -98,16 +98,18 @@ class LLLiteModule(nn.Module):
         self.register_buffer("cond_emb", torch.zeros(0, 0, cond_emb_dim), persistent=False)
         self.register_buffer("multiplier", torch.ones(()), persistent=False)
 
-    def allocate(self, max_batch: int, height: int, width: int) -> None:
-        """Size the condition-embedding buffer for frames of height x width (kept if already that size)."""
+    def allocate(self, max_batch: int, height: int, width: int) -> bool:
+        """Size the condition-embedding buffer for frames of height x width; True if it was (re)allocated."""
         rows, cols = height // self.stride, width // self.stride
         shape = (max_batch, rows * cols * WIDTH_CONCAT, self.cond_emb_dim)
         weight = self.down[0].weight
-        if tuple(self.cond_emb.shape) != shape or self.cond_emb.device != weight.device \
-                or self.cond_emb.dtype != weight.dtype:
-            # zeros stay in the source half forever: the reference latent gets no LLLite delta
-            self.cond_emb = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
         self._grid = (rows, cols)
+        if (tuple(self.cond_emb.shape), self.cond_emb.device, self.cond_emb.dtype) == (shape, weight.device,
+                                                                                        weight.dtype):
+            return False
+        # zeros stay in the source half forever: the reference latent gets no LLLite delta
+        self.cond_emb = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
+        return True
 
     def set_cond(self, cond_image: torch.Tensor) -> None:
         """Encode condition images [B, 3, H, W] in [-1, 1] into the buffer, in place."""
@@ -153,6 +155,7 @@ class TemporalLLLite(nn.Module):
         super().__init__()
         self.hook_blocks = hook_blocks
         self.cond_owner = None  # which stream's condition the buffers hold (see DreamLiteStylizer)
+        self._multiplier = None
         self._all_keys = {hook_key(name) for name in lllite_target_names(unet, "all")}
         num_down = len(unet.down_blocks)
         self.modules_dict = nn.ModuleDict({
@@ -216,8 +219,9 @@ class TemporalLLLite(nn.Module):
 
     def allocate(self, max_batch: int, height: int, width: int) -> None:
         """Size every condition buffer for `max_batch` frames of height x width pixels."""
-        for module in self.modules_dict.values():
-            module.allocate(max_batch, height, width)
+        resized = [module.allocate(max_batch, height, width) for module in self.modules_dict.values()]
+        if any(resized):
+            self.cond_owner = None  # fresh buffers hold nobody's condition
 
     @torch.no_grad()
     def set_cond_image(self, cond_image: torch.Tensor, owner=None) -> None:
@@ -228,6 +232,9 @@ class TemporalLLLite(nn.Module):
         self.cond_owner = owner
 
     def set_multiplier(self, value: float) -> None:
-        """Set the adapter strength in place (0 gives the bare U-Net exactly)."""
+        """Set the adapter strength in place (0 gives the bare U-Net exactly); a no-op if unchanged."""
+        if self._multiplier == float(value):
+            return
         for module in self.modules_dict.values():
             module.multiplier.fill_(float(value))
+        self._multiplier = float(value)

@@ -125,7 +125,8 @@ class StreamVACEDreamLiteStylize:
         if reset:
             registry.reset(stream_id)
         stylizer = dreamlite.stylizer(width, height, batch_size)
-        stream = registry.get_or_create(stream_id, (id(dreamlite), width, height, batch_size, seed),
+        # the model object itself (not its id) in the signature: a reloaded model always starts a new stream
+        stream = registry.get_or_create(stream_id, (dreamlite, width, height, batch_size, seed),
                                         lambda: stylizer.new_stream(seed))
         options = StylizeOptions(prompt, steps, te_refresh_every, te_batch_one, cond_refresh_every,
                                  lllite_strength, fixed_noise)
