@@ -12,6 +12,7 @@ Reported per configuration:
 * batch_ms p50 / p95: per-batch latency, the wall time between consecutive finished batches.
 
 python benchmarks/bench_dreamlite.py --out DIR [--compile reduce-overhead|default|max-autotune|off]
+                                    [--compile-text off|default] [--configs NAME,NAME]
 python benchmarks/bench_dreamlite.py --smoke --out DIR   # tiny random models on the CPU, a few frames
 """
 
@@ -188,6 +189,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", default="reduce-overhead", choices=["off", "reduce-overhead", "default",
                                                                           "max-autotune"],
                         help="torch.compile mode for U-Net + LLLite (their runs: reduce-overhead)")
+    parser.add_argument("--compile-text", default="off", choices=["off", "default", "max-autotune-no-cudagraphs"],
+                        help="also torch.compile the Qwen3-VL decoder layers (no CUDA graphs: they run on the side "
+                             "stream)")
     parser.add_argument("--frames", type=int, default=480, help="timed frames per configuration (>= 480)")
     parser.add_argument("--warmup", type=int, default=64, help="frames streamed before timing")
     parser.add_argument("--size", type=int, default=512)
@@ -197,7 +201,8 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available() and not args.smoke
     device, dtype = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
     if args.smoke:
-        args.size, args.frames, args.compile = 64, 8, "off"
+        args.size, args.frames, args.compile, args.compile_text = 64, 8, "off", "off"
+        torch.set_num_threads(1)  # tiny ops: one thread beats two contending ones by far
     elif not cuda:
         parser.error("the full benchmark needs a CUDA GPU; use --smoke on the CPU")
     elif args.frames < 480:
@@ -208,7 +213,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for module in adapter.modules_dict.values():  # a trained-like adapter: non-zero `up`
             module.up[0].weight.normal_(0, 1e-3)
-    model = StylizeModel(models, adapter, compile_unet=None if args.compile == "off" else args.compile)
+    model = StylizeModel(models, adapter, compile_unet=None if args.compile == "off" else args.compile,
+                         compile_text=None if args.compile_text == "off" else args.compile_text)
     chosen = CONFIGS if args.configs == "all" else [c for c in CONFIGS if c["name"] in args.configs.split(",")]
     results = []
     for config in chosen:
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
     report = dict(
         benchmark="dreamlite_stylize", date=datetime.datetime.now().isoformat(timespec="seconds"),
         device=torch.cuda.get_device_name() if cuda else "cpu (smoke)", torch=torch.__version__,
-        dtype=str(dtype), compile=args.compile, size=args.size, steps=1, lllite_hooks=len(adapter.modules_dict),
+        dtype=str(dtype), compile=args.compile, compile_text=args.compile_text, size=args.size, steps=1, lllite_hooks=len(adapter.modules_dict),
         smoke=args.smoke, results=results)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "dreamlite_results.json")

@@ -102,7 +102,8 @@ class DreamLiteStylizer:
     """The stylize engine for one model, one frame size and one batch size (all shapes static)."""
 
     def __init__(self, models: DreamLiteModels, width: int = 512, height: int = 512, batch_size: int = 8,
-                 lllite=None, compile_unet: str = None, compile_backend: str = "inductor", flow_workers: int = 8):
+                 lllite=None, compile_unet: str = None, compile_text: str = None, compile_backend: str = "inductor",
+                 flow_workers: int = 8):
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"DreamLite stylize needs a width and height that are positive multiples of "
                              f"{SIZE_MULTIPLE}, got {width}x{height}; resize the frames (e.g. to 512x512)")
@@ -119,6 +120,9 @@ class DreamLiteStylizer:
             self.unet = torch.compile(models.unet, mode=compile_unet, backend=compile_backend,
                                       fullgraph=False, dynamic=False)
         self._compiled = bool(compile_unet)
+        if compile_text:  # opt-in: fuses the 28 decoder layers (one compiled graph serves them all)
+            for layer in models.prompt_encoder.model.language_model.layers:
+                layer.compile(mode=compile_text, backend=compile_backend, dynamic=False)
         self._cuda = self.device.type == "cuda"
         self._side = torch.cuda.Stream(self.device) if self._cuda else None
         self._flows = FlowWorkers(flow_workers)
@@ -309,8 +313,10 @@ class DreamLiteStylizer:
 class StylizeModel:
     """A loaded DreamLite-mobile (+ optional Temporal-LLLite) handing out one stylizer per frame and batch size."""
 
-    def __init__(self, models: DreamLiteModels, lllite=None, lllite_report=None, compile_unet: str = None):
-        self.models, self.lllite, self.lllite_report, self.compile_unet = models, lllite, lllite_report, compile_unet
+    def __init__(self, models: DreamLiteModels, lllite=None, lllite_report=None, compile_unet: str = None,
+                 compile_text: str = None):
+        self.models, self.lllite, self.lllite_report = models, lllite, lllite_report
+        self.compile_unet, self.compile_text = compile_unet, compile_text
         self._stylizers = {}
 
     def stylizer(self, width: int, height: int, batch_size: int) -> DreamLiteStylizer:
@@ -318,5 +324,5 @@ class StylizeModel:
         key = (width, height, batch_size)
         if key not in self._stylizers:
             self._stylizers[key] = DreamLiteStylizer(self.models, width, height, batch_size, lllite=self.lllite,
-                                                     compile_unet=self.compile_unet)
+                                                     compile_unet=self.compile_unet, compile_text=self.compile_text)
         return self._stylizers[key]

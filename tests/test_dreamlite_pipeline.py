@@ -233,6 +233,22 @@ def test_adapter_at_strength_zero_is_the_bare_model(models):
     assert torch.equal(bare, off)
 
 
+def test_compiled_unet_and_text_layers_give_the_eager_result(models):
+    frames = random_frames(4, SIZE, seed=10)
+    options = StylizeOptions(PROMPT, cond_refresh_every=2)
+    eager = _run(models, frames, 2, options, adapter=_adapter(models), seed=4)
+    torch._dynamo.reset()
+    stylizer = DreamLiteStylizer(models, SIZE, SIZE, 2, lllite=_adapter(models), compile_unet="default",
+                                 compile_text="default", compile_backend="eager", flow_workers=2)
+    try:
+        compiled = stylizer.stylize(frames, stylizer.new_stream(4), options)
+    finally:
+        stylizer.close()
+        for layer in models.prompt_encoder.model.language_model.layers:
+            layer._compiled_call_impl = None
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
 def test_bad_input_is_a_clear_error(models):
     with pytest.raises(ValueError, match="multiples of 32"):
         DreamLiteStylizer(models, 100, 64, 2)
