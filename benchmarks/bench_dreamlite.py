@@ -229,8 +229,8 @@ def main(argv=None) -> int:
     report = dict(
         benchmark="dreamlite_stylize", date=datetime.datetime.now().isoformat(timespec="seconds"),
         device=torch.cuda.get_device_name() if cuda else "cpu (smoke)", torch=torch.__version__,
-        dtype=str(dtype), compile=args.compile, compile_text=args.compile_text, size=args.size, steps=1, lllite_hooks=len(adapter.modules_dict),
-        smoke=args.smoke, results=results)
+        dtype=str(dtype), compile=args.compile, compile_text=args.compile_text, size=args.size, steps=1,
+        lllite_hooks=len(adapter.modules_dict), smoke=args.smoke, results=results)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "dreamlite_results.json")
     with open(path, "w") as handle:

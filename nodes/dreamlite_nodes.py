@@ -95,7 +95,8 @@ class StreamVACEDreamLiteStylize:
                               "tooltip": "Frames are resized to this size (multiple of 32); 512 is the trained size."}),
             "height": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32}),
             "steps": ("INT", {"default": 1, "min": 1, "max": 4,
-                              "tooltip": "Denoising steps: 4 is the distilled recipe, 1 the video-rate operating point."}),
+                              "tooltip": "Denoising steps: 4 is the distilled recipe, 1 the video-rate "
+                                         "operating point."}),
             "batch_size": ("INT", {"default": 8, "min": 1, "max": 64,
                                    "tooltip": "Frames per batch; a batch's frames all follow the previous batch's "
                                               "last output. The last batch of a run is padded."}),
@@ -103,7 +104,8 @@ class StreamVACEDreamLiteStylize:
                                          "tooltip": "Run the Qwen3-VL text encoder every N batches and reuse it in "
                                                     "between (an approximation for slowly changing scenes)."}),
             "te_batch_one": ("BOOLEAN", {"default": False,
-                                         "tooltip": "Encode only the batch's first frame and share it (approximation)."}),
+                                         "tooltip": "Encode only the batch's first frame and share it "
+                                                    "(approximation)."}),
             "cond_refresh_every": ("INT", {"default": 8, "min": 1, "max": 4096,
                                            "tooltip": "Rebuild the adapter's condition every N batches (the paper's "
                                                       "champion uses 8; 1 is exact)."}),

@@ -49,6 +49,10 @@ def test_real_mobile_unet_has_the_published_hook_counts():
     assert len(lllite_target_names(unet, "all")) == 108
     assert len(lllite_target_names(unet, "down_blocks")) == 38
     assert len(lllite_target_names(unet, "down_blocks+mid_block")) == 38 + 16
+    with torch.device("meta"):
+        adapter = TemporalLLLite(unet, "all", cond_emb_dim=32, mlp_dim=64)
+    # 13.27 M float32 parameters = 50.6 MiB: the size of the published temporal_lllite_step001440.safetensors
+    assert sum(p.numel() for p in adapter.parameters()) == 13_265_472
 
 
 def test_subset_filter_hooks_exactly_the_intended_linears(unet):
@@ -156,7 +160,9 @@ def _published_style_file(unet, path, hook_blocks="all"):
 def test_published_layout_loads_non_strictly_into_the_down_blocks_subset(unet, tmp_path):
     path = tmp_path / "temporal_lllite_step001440.safetensors"
     state = _published_style_file(unet, path)
-    assert "modules_dict.down_blocks__0__attentions__0__transformer_blocks__0__attn2__to_q.conditioning1.2.weight" in state
+    first = "modules_dict.down_blocks__0__attentions__0__transformer_blocks__0__attn2__to_q."
+    assert {first + k for k in ("conditioning1.0.weight", "conditioning1.2.weight", "down.0.weight", "mid.0.weight",
+                                "up.0.bias")} <= set(state)
     adapter, report = TemporalLLLite.from_file(unet, str(path), "down_blocks")
     down = lllite_target_names(unet, "down_blocks")
     assert sorted(report.loaded) == sorted(hook_key(n) for n in down)
