@@ -39,6 +39,13 @@ def _is_widget(spec) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
+def _default(spec):
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    return spec[0][0] if isinstance(spec[0], list) and spec[0] else None
+
+
 def _depths(graph: dict) -> dict:
     depth = {}
 
@@ -66,11 +73,13 @@ def ui_workflow(api: dict, definitions: dict) -> dict:
         for name, spec in order:
             value = entry["inputs"].get(name)
             linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            if _is_widget(spec):
-                if name in entry["inputs"] and not linked:
-                    widgets.append(value)
-                    if name in SEED_INPUTS:
-                        widgets.append("fixed")
+            widget = _is_widget(spec)
+            if widget and name in entry["inputs"]:
+                # a linked widget is a "converted" widget: it keeps a value slot, filled with its default
+                widgets.append(_default(spec) if linked else value)
+                if name in SEED_INPUTS:
+                    widgets.append("fixed")
+            if widget and not linked:
                 continue
             if name in entry["inputs"] or name in definition["input"].get("required", {}):
                 link_id = None
@@ -80,7 +89,10 @@ def ui_workflow(api: dict, definitions: dict) -> dict:
                     kind = definitions[api[source]["class_type"]]["output"][slot]
                     links.append([link_id, int(source), slot, int(node_id), len(inputs), kind])
                     outputs.setdefault((int(source), slot), []).append(link_id)
-                inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": link_id})
+                slot_entry = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": link_id}
+                if widget:
+                    slot_entry["widget"] = {"name": name}
+                inputs.append(slot_entry)
         column = depth[node_id]
         rows[column] = rows.get(column, -1) + 1
         nodes.append({
