@@ -1,0 +1,69 @@
+"""Tiny random transformers models in the real layouts of the annotators' models, saved with save_pretrained.
+
+Weights are re-randomised (normal, per tensor) so outputs are not near-constant the way a fresh init is.
+"""
+
+import torch
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
+    """Re-draw every floating parameter: norms around 1, everything else N(0, std)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not parameter.is_floating_point():
+                continue
+            noise = torch.randn(parameter.shape, generator=generator) * std
+            is_norm_scale = name.endswith("weight") and parameter.ndim == 1 and "norm" in name.lower()
+            parameter.copy_(1.0 + noise * 0.1 if is_norm_scale else noise)
+    return model.eval()
+
+
+def tiny_depth_anything(seed: int = 0):
+    """A tiny DepthAnythingForDepthEstimation (DINOv2 backbone, 4 layers, hidden 32)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=70,
+                            patch_size=14, out_indices=[1, 2, 3, 4], apply_layernorm=True, reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
+                                 neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
+    model = randomize(DepthAnythingForDepthEstimation(config), seed, std=0.2)
+    return model
+
+
+def tiny_vitpose(seed: int = 0, keypoints: int = 17):
+    """A tiny VitPoseForPoseEstimation: 64x48 crops, 2 layers, hidden 32, `keypoints` heatmaps."""
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+
+    backbone = VitPoseBackboneConfig(image_size=[64, 48], patch_size=[16, 16], hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, out_indices=[2])
+    config = VitPoseConfig(backbone_config=backbone, num_labels=keypoints)
+    return randomize(VitPoseForPoseEstimation(config), seed, std=0.2)
+
+
+def tiny_rt_detr(seed: int = 0):
+    """A tiny RTDetrForObjectDetection with labels person / car / dog."""
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+
+    backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    labels = {0: "person", 1: "car", 2: "dog"}
+    config = RTDetrConfig(
+        backbone_config=backbone, encoder_in_channels=[16, 24, 32], decoder_in_channels=[32, 32, 32],
+        feat_strides=[8, 16, 32], d_model=32, encoder_hidden_dim=32, encoder_layers=1, decoder_layers=1,
+        num_queries=12, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
+        num_feature_levels=3, decoder_n_points=2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = randomize(RTDetrForObjectDetection(config), seed, std=0.1)
+    with torch.no_grad():  # small box deltas keep boxes near their anchors instead of saturating the sigmoid
+        for name, parameter in model.named_parameters():
+            if "bbox" in name and ".layers.2." in name:
+                parameter.mul_(0.05)
+            if name.startswith("model.enc_output.") and name.endswith("bias"):
+                parameter.zero_()  # positions outside the anchor grid then score at the median, not at the top
+    return model
+
+
+def save(model, folder) -> str:
+    """save_pretrained into `folder`; returns its path as a string."""
+    model.save_pretrained(str(folder))
+    return str(folder)
