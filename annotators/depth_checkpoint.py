@@ -16,8 +16,12 @@ OUT_INDICES = {12: [3, 6, 9, 12], 24: [5, 12, 18, 24]}
 _REFINENET_TO_FUSION = {1: 3, 2: 2, 3: 1, 4: 0}
 
 
-def _rename(key: str):
-    """Original key -> transformers key (None for the fused qkv, which is split separately)."""
+def _rename(key: str, modern: bool = True):
+    """Original key -> transformers key (None for the fused qkv, which is split separately).
+
+    modern: transformers >= 5 names DINOv2 attention q_proj / k_proj / v_proj / o_proj; older versions
+    attention.attention.query / key / value and attention.output.dense.
+    """
     fixed = {
         "pretrained.cls_token": "backbone.embeddings.cls_token",
         "pretrained.mask_token": "backbone.embeddings.mask_token",
@@ -39,9 +43,9 @@ def _rename(key: str):
         block, rest = m.groups()
         if rest.startswith("attn.qkv."):
             return None
+        output = "attention.o_proj" if modern else "attention.output.dense"
         rest = {"ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1",
-                "attn.proj.weight": "attention.output.dense.weight",
-                "attn.proj.bias": "attention.output.dense.bias"}.get(rest, rest)
+                "attn.proj.weight": f"{output}.weight", "attn.proj.bias": f"{output}.bias"}.get(rest, rest)
         return f"backbone.encoder.layer.{block}.{rest}"
     if m := re.fullmatch(r"depth_head\.projects\.(\d)\.(weight|bias)", key):
         return f"neck.reassemble_stage.layers.{m[1]}.projection.{m[2]}"
@@ -81,16 +85,16 @@ def depth_anything_config_from_state(state: dict):
         depth_estimation_type="relative")
 
 
-def convert_depth_anything_state(state: dict) -> dict:
-    """Original Depth Anything V2 state dict -> transformers state dict."""
+def convert_depth_anything_state(state: dict, modern: bool = True) -> dict:
+    """Original Depth Anything V2 state dict -> transformers state dict (see _rename for `modern`)."""
     converted = {}
+    names = ("q_proj", "k_proj", "v_proj") if modern else ("attention.query", "attention.key", "attention.value")
     for key, value in state.items():
         if m := re.fullmatch(r"pretrained\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)", key):
-            prefix = f"backbone.encoder.layer.{m[1]}.attention.attention"
-            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                converted[f"{prefix}.{name}.{m[2]}"] = part
+            for name, part in zip(names, value.chunk(3, dim=0)):
+                converted[f"backbone.encoder.layer.{m[1]}.attention.{name}.{m[2]}"] = part
         else:
-            converted[_rename(key)] = value
+            converted[_rename(key, modern)] = value
     return converted
 
 
@@ -109,11 +113,12 @@ def load_original_depth_anything(path: str):
             "transformers folder such as depth-anything/Depth-Anything-V2-Small-hf.")
     try:
         config = depth_anything_config_from_state(state)
-        converted = convert_depth_anything_state(state)
+        with torch.device("meta"):
+            model = DepthAnythingForDepthEstimation(config)
+        modern = any(".attention.q_proj." in key for key in model.state_dict())
+        converted = convert_depth_anything_state(state, modern)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error
-    with torch.device("meta"):
-        model = DepthAnythingForDepthEstimation(config)
     missing, unexpected = set(model.state_dict()) - set(converted), set(converted) - set(model.state_dict())
     if missing or unexpected:
         raise CheckpointError(f"{path}: the checkpoint does not fit Depth Anything V2 (missing "

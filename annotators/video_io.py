@@ -18,7 +18,7 @@ def sample_clip(frames: int = 48, height: int = 240, width: int = 416, square: i
     background[disc] = 0.6
     # an 8-px checkerboard of two oranges: texture makes the motion measurable inside the square too
     checker = ((np.arange(square)[:, None] // 8 + np.arange(square)[None, :] // 8) % 2).astype(np.float32)[..., None]
-    patch = checker * np.float32((0.95, 0.55, 0.1)) + (1 - checker) * np.float32((0.75, 0.35, 0.05))
+    patch = checker * np.float32((0.95, 0.65, 0.3)) + (1 - checker) * np.float32((0.45, 0.15, 0.0))
     clip = np.empty((frames, height, width, 3), np.float32)
     top = (height - square) // 2
     for t in range(frames):
