@@ -16,6 +16,7 @@ import os
 import torch
 from torch.nn import functional as F
 
+from ..models.checkpoint_io import CheckpointError
 from .frames import gray_to_video, to_images
 from .weights import load_hf_model
 
@@ -28,6 +29,9 @@ def load_depth_model(path: str, device="cpu", dtype=torch.float32):
     """Depth Anything (V1/V2, any size) from a transformers folder or an original V2 .pth/.safetensors file."""
     from transformers import DepthAnythingForDepthEstimation
 
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or folder. Put depth_anything_v2_vits.pth (or a transformers "
+                              "folder such as Depth-Anything-V2-Small-hf) in the 'depthanything' model folder.")
     if os.path.isfile(path):
         from .depth_checkpoint import load_original_depth_anything
 
@@ -64,18 +68,26 @@ class DepthAnnotator:
         """Forget the running range: the next chunk starts a new clip."""
         self.range = None
 
-    @torch.inference_mode()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw model depth [T, H, W] at the frames' size (inverse depth; near = large) for images in [0, 1]."""
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [T, 3, H, W] in [0, 1] -> network input (DPT processor: resize to multiples of 14, normalise)."""
         parameter = next(self.model.parameters())
-        height, width = images.shape[-2:]
         x = images.to(parameter.device, torch.float32)
-        x = F.interpolate(x, size=network_size(height, width, self.resolution, self.patch), mode="bicubic",
+        x = F.interpolate(x, size=network_size(*images.shape[-2:], self.resolution, self.patch), mode="bicubic",
                           align_corners=False, antialias=True).clamp_(0, 1)
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        depth = self.model(pixel_values=((x - mean) / std).to(parameter.dtype)).predicted_depth.float()
-        depth = F.interpolate(depth[:, None], size=(height, width), mode="bicubic", align_corners=False)[:, 0]
+        return ((x - mean) / std).to(parameter.dtype)
+
+    @staticmethod
+    def resize_depth(depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Model depth [T, h, w] -> [T, height, width] (bicubic, as transformers' post-processing)."""
+        return F.interpolate(depth.float()[:, None], size=(height, width), mode="bicubic", align_corners=False)[:, 0]
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw model depth [T, H, W] at the frames' size (inverse depth; near = large) for images in [0, 1]."""
+        depth = self.model(pixel_values=self.pixel_values(images)).predicted_depth
+        depth = self.resize_depth(depth, *images.shape[-2:])
         return -depth if self.metric else depth  # metric heads give distance: flip so near stays bright
 
     def __call__(self, video: torch.Tensor) -> torch.Tensor:

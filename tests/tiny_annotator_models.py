@@ -20,14 +20,19 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.
 
 
 def tiny_depth_anything(seed: int = 0):
-    """A tiny DepthAnythingForDepthEstimation (DINOv2 backbone, 4 layers, hidden 32)."""
+    """A tiny DepthAnythingForDepthEstimation shaped like V2-Small: 12 DINOv2 layers tapped at [3, 6, 9, 12], 64-wide
+    heads (so the original-checkpoint converter sizes it from its tensors), hidden 64, 70-px position grid."""
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=70,
-                            patch_size=14, out_indices=[1, 2, 3, 4], apply_layernorm=True, reshape_hidden_states=False)
-    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
-                                 neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
+    backbone = Dinov2Config(hidden_size=64, num_hidden_layers=12, num_attention_heads=1, mlp_ratio=2, image_size=70,
+                            patch_size=14, out_indices=[3, 6, 9, 12], apply_layernorm=True,
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=64, patch_size=14,
+                                 neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16, head_hidden_size=8)
     model = randomize(DepthAnythingForDepthEstimation(config), seed, std=0.2)
+    with torch.no_grad():
+        model.head.conv3.weight.mul_(0.1)  # keep the depth map above the final ReLU, still varying
+        model.head.conv3.bias.fill_(20.0)
     return model
 
 
