@@ -68,6 +68,44 @@ def tiny_rt_detr(seed: int = 0):
     return model
 
 
+def tiny_sam2_video(seed: int = 0, num_maskmem: int = 3, max_object_pointers: int = 4):
+    """A tiny Sam2VideoModel: 128-px input, 4-stage Hiera (16..128 wide), 1 memory-attention layer, 32x32 masks.
+
+    The memory window is shortened (num_maskmem 3, 4 object pointers) so pruning matters within a few frames.
+    Hidden sizes are 128 and the memory 64 wide: transformers hard-codes 64-channel memories and needs the
+    hidden size to be a multiple of them.
+    """
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+    from transformers.models.sam2_video.configuration_sam2_video import (Sam2VideoMaskDecoderConfig,
+                                                                         Sam2VideoPromptEncoderConfig)
+
+    hiera = Sam2HieraDetConfig(hidden_size=16, num_attention_heads=1, image_size=[128, 128],
+                               embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
+                               blocks_per_stage=[1, 1, 2, 1], global_attention_blocks=[3], window_size_per_stage=[4] * 4,
+                               window_positional_embedding_background_size=[4, 4])
+    vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16],
+                              backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=128)
+    config = Sam2VideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=128, image_size=128, patch_size=16,
+                                                           mask_input_channels=4),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=128, mlp_dim=64, num_attention_heads=2,
+                                                       num_hidden_layers=1, iou_head_hidden_dim=32),
+        image_size=128, num_maskmem=num_maskmem, max_object_pointers_in_encoder=max_object_pointers,
+        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[8, 8], memory_encoder_hidden_size=128, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64,
+        memory_fuser_num_layers=1)
+    torch.manual_seed(seed)
+    model = Sam2VideoModel(config).eval()
+    with torch.no_grad():  # the memory path starts at zero in a fresh init; make it matter
+        for name in ("memory_temporal_positional_encoding", "no_memory_embedding", "no_object_pointer",
+                     "occlusion_spatial_embedding_parameter"):
+            getattr(model, name).normal_(0, 0.5)
+    return model
+
+
 def save(model, folder) -> str:
     """save_pretrained into `folder`; returns its path as a string."""
     model.save_pretrained(str(folder))
