@@ -10,6 +10,7 @@ def sample_clip(frames: int = 48, height: int = 240, width: int = 416, square: i
                 seed: int = 0) -> torch.Tensor:
     """A moving-square clip [3, T, H, W] in [-1, 1]: an orange checkered square moving right by `speed` px per
     frame over a soft gradient with a static grey disc, so edges, gray levels and motion have known answers."""
+    square = max(2, min(square, height // 2, width // 3))
     generator = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     background = np.stack([0.15 + 0.25 * xs / width, 0.2 + 0.2 * ys / height, np.full_like(xs, 0.35)], axis=-1)

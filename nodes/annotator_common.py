@@ -1,5 +1,6 @@
 """Shared plumbing for the annotator nodes: model folders, model choices, a small model cache, stream inputs."""
 
+import os
 import threading
 
 import torch
@@ -36,7 +37,9 @@ class StreamingNode:
 
 def model_choices(folder: str, folders: bool = True, files: bool = False) -> list:
     """Names for a model combo: Hugging Face sub-folders and/or weight files of models/<folder>."""
-    names = (host.model_dirs(folder) if folders else []) + (host.model_files(folder) if files else [])
+    directories = host.model_dirs(folder) if folders else []
+    names = directories + [name for name in (host.model_files(folder) if files else [])  # not a folder's own files
+                           if not any(name.startswith(directory + os.sep) for directory in directories)]
     return sorted(set(names)) or [NONE_FOUND]
 
 
