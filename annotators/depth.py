@@ -17,12 +17,10 @@ import torch
 from torch.nn import functional as F
 
 from ..models.checkpoint_io import CheckpointError
-from .frames import gray_to_video, to_images
+from .frames import gray_to_video, normalize_imagenet, to_images
 from .weights import load_hf_model
 
 NORMALIZE = ("running", "frame")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_depth_model(path: str, device="cpu", dtype=torch.float32):
@@ -74,9 +72,7 @@ class DepthAnnotator:
         x = images.to(parameter.device, torch.float32)
         x = F.interpolate(x, size=network_size(*images.shape[-2:], self.resolution, self.patch), mode="bicubic",
                           align_corners=False, antialias=True).clamp_(0, 1)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(parameter.dtype)
+        return normalize_imagenet(x).to(parameter.dtype)
 
     @staticmethod
     def resize_depth(depth: torch.Tensor, height: int, width: int) -> torch.Tensor:

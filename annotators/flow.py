@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .cpu import map_frames
-from .frames import from_images, to_images
+from .frames import device_constant, from_images, to_images
 
 METHODS = ("farneback", "raft")
 
@@ -34,10 +34,10 @@ def _color_wheel() -> torch.Tensor:
         ramp = np.floor(255 * np.arange(length) / length)
         rows.append(np.stack([ramp if c == "up" else 255 - ramp if c == "down" else np.full(length, c)
                               for c in pattern], axis=1))
-    return torch.from_numpy(np.concatenate(rows)).float()
+    return tuple(np.concatenate(rows).flatten().tolist())
 
 
-_WHEEL = _color_wheel()
+_WHEEL = _color_wheel()  # flat tuple of 55 * 3 values (hashable, so device copies are cached)
 
 
 def flow_to_color(flow: torch.Tensor, max_flow: float = 0.0) -> torch.Tensor:
@@ -52,7 +52,7 @@ def flow_to_color(flow: torch.Tensor, max_flow: float = 0.0) -> torch.Tensor:
     uv = flow / (scale + 1e-5)
     u, v = uv[:, :1], uv[:, 1:]
     radius = uv.norm(dim=1, keepdim=True)
-    wheel = _WHEEL.to(flow.device)
+    wheel = device_constant(_WHEEL, flow.device, (-1, 3))
     columns = wheel.shape[0]
     position = (torch.atan2(-v, -u) / torch.pi + 1) / 2 * (columns - 1)
     k0 = position.floor().long()
@@ -64,7 +64,7 @@ def flow_to_color(flow: torch.Tensor, max_flow: float = 0.0) -> torch.Tensor:
 
 
 def _rgb_to_gray_uint8(images: torch.Tensor) -> np.ndarray:
-    weights = torch.tensor((0.299, 0.587, 0.114), device=images.device)
+    weights = device_constant((0.299, 0.587, 0.114), images.device)
     gray = torch.einsum("tchw,c->thw", images, weights)
     return (gray * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 

@@ -7,7 +7,12 @@ ComfyUI's IMAGE [T, H, W, 3] in [0, 1] converts to and from it with nodes/conver
 Inside an annotator the frames are viewed as a batch of images [T, 3, H, W] in [0, 1].
 """
 
+import functools
+
 import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def check_video(video: torch.Tensor, what: str = "video") -> torch.Tensor:
@@ -58,3 +63,16 @@ def check_size(height: int, width: int, what: str = "frame size") -> None:
     """Raise a clear ValueError unless height and width are positive integers."""
     if int(height) < 2 or int(width) < 2:
         raise ValueError(f"{what}: height and width must be at least 2 pixels, got {height}x{width}")
+
+
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple, device: torch.device, shape: tuple = (-1,)) -> torch.Tensor:
+    """A small float32 constant on `device`, copied there once (no host-to-device copy per chunk)."""
+    return torch.tensor(values, dtype=torch.float32).view(shape).to(device)
+
+
+def normalize_imagenet(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> ImageNet mean/std normalised (the ViT / Hiera / DINOv2 input convention)."""
+    mean = device_constant(IMAGENET_MEAN, images.device, (1, 3, 1, 1))
+    std = device_constant(IMAGENET_STD, images.device, (1, 3, 1, 1))
+    return (images - mean) / std

@@ -2,7 +2,7 @@
 
 import torch
 
-from .frames import gray_to_video, to_images
+from .frames import device_constant, gray_to_video, to_images
 
 # VACE's GrayAnnotator calls cv2.cvtColor(frame, COLOR_BGR2GRAY) on an RGB frame, so its R and B weights are
 # swapped relative to ITU-R BT.601 luma; its training data was made that way, so that is the default here.
@@ -19,7 +19,7 @@ class GrayAnnotator:
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
         """[3, T, H, W] in [-1, 1] -> grey [3, T, H, W] in [-1, 1]."""
         images = to_images(video)
-        weights = torch.tensor(self.weights, device=images.device, dtype=images.dtype)
+        weights = device_constant(self.weights, images.device)
         return gray_to_video(torch.einsum("tchw,c->thw", images, weights))
 
     def reset(self) -> None:

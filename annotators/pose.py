@@ -14,12 +14,10 @@ import torch
 from torch.nn import functional as F
 
 from .cpu import map_frames
-from .frames import from_images, to_images
+from .frames import from_images, normalize_imagenet, to_images
 from .pose_render import COLOR_ORDERS, FACE_SLICE, coco_to_openpose, render_pose_frame
 from .weights import load_hf_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DETECTOR_TYPES = ("rt_detr", "rt_detr_v2")
 
 
@@ -64,8 +62,8 @@ def persons_from_outputs(logits: torch.Tensor, pred_boxes: torch.Tensor, label: 
     scores = torch.sigmoid(logits[..., label].float())
     scores, index = scores.topk(min(max_people, scores.shape[1]), dim=1)
     cx, cy, w, h = pred_boxes.float().gather(1, index[..., None].expand(-1, -1, 4)).unbind(-1)
-    scale = torch.tensor([width, height, width, height], device=logits.device, dtype=torch.float32)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale, scores
+    boxes = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], -1)
+    return boxes, scores
 
 
 def box_center_scale(boxes: torch.Tensor, crop_height: int = 256, crop_width: int = 192, padding: float = 1.25):
@@ -98,9 +96,7 @@ def pose_crops(images: torch.Tensor, boxes: torch.Tensor, crop_height: int = 256
                           mode="bilinear", padding_mode="zeros", align_corners=True)
     crops = crops.reshape(frames, 3, people, crop_height, crop_width).transpose(1, 2)
     crops = crops.reshape(frames * people, 3, crop_height, crop_width)
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (crops - mean) / std
+    return normalize_imagenet(crops)
 
 
 def _symmetric_pad(x: torch.Tensor, radius: int) -> torch.Tensor:

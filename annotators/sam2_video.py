@@ -18,11 +18,9 @@ import json
 import torch
 from torch.nn import functional as F
 
-from .frames import to_images
+from .frames import normalize_imagenet, to_images
 from .weights import load_hf_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_sam2_video_model(path: str, device="cpu", dtype=torch.float32):
@@ -148,9 +146,7 @@ class Sam2VideoAnnotator:
         parameter = next(self.model.parameters())
         x = F.interpolate(images.to(parameter.device, torch.float32), size=(self.image_size, self.image_size),
                           mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(parameter.dtype)
+        return normalize_imagenet(x).to(parameter.dtype)
 
     def _cache_vision_features(self, session, pixels: torch.Tensor, first_frame: int) -> None:
         features = self.model.get_image_features(pixels, return_dict=True)

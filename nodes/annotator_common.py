@@ -18,7 +18,6 @@ RAFT_FOLDER = "raft"
 for _folder in (DEPTH_FOLDER, POSE_FOLDER, DETECTION_FOLDER, SAM2_FOLDER, SCRIBBLE_FOLDER, RAFT_FOLDER):
     host.register_model_folder(_folder)
 
-NONE_FOUND = "(none found: see the tooltip)"
 STREAM_INPUTS = {
     "stream_id": ("STRING", {"default": "main", "tooltip": "Name of the stream; queued runs with the same id "
                              "continue it (state carried between chunks)."}),
@@ -36,16 +35,17 @@ class StreamingNode:
 
 
 def model_choices(folder: str, folders: bool = True, files: bool = False) -> list:
-    """Names for a model combo: Hugging Face sub-folders and/or weight files of models/<folder>."""
+    """Names for a model combo: Hugging Face sub-folders and/or weight files of models/<folder> (empty when none,
+    as ComfyUI's own loaders; the input's tooltip names the folder and the files to put there)."""
     directories = host.model_dirs(folder) if folders else []
     names = directories + [name for name in (host.model_files(folder) if files else [])  # not a folder's own files
                            if not any(name.startswith(directory + os.sep) for directory in directories)]
-    return sorted(set(names)) or [NONE_FOUND]
+    return sorted(set(names))
 
 
 def model_path(folder: str, name: str, expected: str) -> str:
     """Full path of a chosen model, or a clear error saying what to put where."""
-    if not name or name == NONE_FOUND:
+    if not name:
         where = ", ".join(host.model_folder_paths(folder))
         raise FileNotFoundError(f"No model in the '{folder}' model folder ({where}). Put {expected} there, "
                                 "refresh the node list (press R) and pick it.")

@@ -127,10 +127,9 @@ def test_bad_inputs_get_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"\[frames, height, width, 3\]"):
         run("StreamVACEGray", image=torch.zeros(2, 8, 8, 2), vace_channel_order=True)
     monkeypatch.setenv("STREAMVACE_MODELS_DIR", str(tmp_path))
-    choices = NODES["StreamVACEDepth"].INPUT_TYPES()["required"]["model"][0]
-    assert len(choices) == 1 and "none found" in choices[0]
-    with pytest.raises(FileNotFoundError, match="'depthanything' model folder"):
-        run("StreamVACEDepth", image=comfy_image(2), model=choices[0], normalize="frame", resolution=70,
+    assert NODES["StreamVACEDepth"].INPUT_TYPES()["required"]["model"][0] == []
+    with pytest.raises(FileNotFoundError, match="No model in the 'depthanything' model folder"):
+        run("StreamVACEDepth", image=comfy_image(2), model="", normalize="frame", resolution=70,
             stream_id="x", reset=True)
     with pytest.raises(FileNotFoundError, match="not found in the 'sam2' model folder"):
         run("StreamVACESAM2", image=comfy_image(2), model="gone", positive_points="[[1, 1]]", negative_points="",
