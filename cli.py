@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .annotators.annotate_video import KINDS
 
     annotate = commands.add_parser("annotate", help="turn a video into VACE control frames (depth, scribble, ...)")
-    annotate.add_argument("--kind", required=True, choices=KINDS, help="scribble, gray, flow and layout need no weights")
+    annotate.add_argument("--kind", required=True, choices=KINDS,
+                          help="scribble, gray, flow and layout need no weights")
     annotate.add_argument("--input", required=True, help="a video file, or 'sample' for the built-in moving square")
     annotate.add_argument("--out", required=True, help="the control video to write (.mp4)")
     annotate.add_argument("--chunk", type=int, default=12, help="frames per chunk (state carries across chunks)")

@@ -58,7 +58,8 @@ def flow_to_color(flow: torch.Tensor, max_flow: float = 0.0) -> torch.Tensor:
     k0 = position.floor().long()
     fraction = position - k0
     k1 = torch.where(k0 + 1 == columns, 0, k0 + 1)
-    color = (1 - fraction) * wheel[k0[:, 0]].permute(0, 3, 1, 2) / 255 + fraction * wheel[k1[:, 0]].permute(0, 3, 1, 2) / 255
+    low, high = wheel[k0[:, 0]].permute(0, 3, 1, 2) / 255, wheel[k1[:, 0]].permute(0, 3, 1, 2) / 255
+    color = (1 - fraction) * low + fraction * high
     color = torch.where(radius <= 1, 1 - radius * (1 - color), color * 0.75)
     return torch.floor(255 * color) / 255
 

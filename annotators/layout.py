@@ -110,7 +110,8 @@ def draw_box_outlines(boxes: torch.Tensor, colors: torch.Tensor, height: int, wi
     ys = torch.arange(height, device=device, dtype=torch.float32).view(1, 1, height, 1)
     xs = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, 1, width)
     x0, y0, x1, y1 = (boxes[..., i, None, None].float() for i in range(4))
-    outside = torch.hypot((x0 - xs).clamp(min=0) + (xs - x1).clamp(min=0), (y0 - ys).clamp(min=0) + (ys - y1).clamp(min=0))
+    outside = torch.hypot((x0 - xs).clamp(min=0) + (xs - x1).clamp(min=0),
+                          (y0 - ys).clamp(min=0) + (ys - y1).clamp(min=0))
     inside = torch.minimum(torch.minimum(xs - x0, x1 - xs), torch.minimum(ys - y0, y1 - ys))
     painted = torch.where(outside > 0, outside, inside) <= thickness / 2  # [T, N, H, W]
     canvas = torch.ones(boxes.shape[0], 3, height, width, device=device)
@@ -141,7 +142,8 @@ class LayoutAnnotator:
                  thickness: float = 2.0, device="cpu"):
         check_size(height, width, "layout frame size")
         self.objects = parse_layout(layout, box_size)
-        self.height, self.width, self.total_frames, self.thickness = int(height), int(width), int(total_frames), thickness
+        self.height, self.width, self.total_frames = int(height), int(width), int(total_frames)
+        self.thickness = thickness
         self.device = torch.device(device)
         self.colors = torch.tensor([color for _, color in self.objects], dtype=torch.float32, device=self.device)
         self.cursor = 0

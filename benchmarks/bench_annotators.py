@@ -213,8 +213,9 @@ def main(argv=None) -> int:
                "ms_per_frame": round(mean / frames, 3), "fps": round(frames * 1000 / mean, 1),
                "peak_memory_mib": round(peak, 1), "host_sync": host_sync, "host_sync_by_design": syncs_by_design}
         results.append(row)
-        print(f"{name:28s} {row['ms_per_frame']:8.3f} ms/frame {row['fps']:9.1f} fps  peak {row['peak_memory_mib']:8.1f}"
-              f" MiB  host sync: {'yes' if host_sync else 'no'}{' (by design)' if syncs_by_design else ''}")
+        print(f"{name:28s} {row['ms_per_frame']:8.3f} ms/frame {row['fps']:9.1f} fps  "
+              f"peak {row['peak_memory_mib']:8.1f} MiB  host sync: {'yes' if host_sync else 'no'}"
+              f"{' (by design)' if syncs_by_design else ''}")
     report = {
         "benchmark": "annotators", "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -34,8 +34,8 @@ class StreamVACELayout(StreamingNode):
     def INPUT_TYPES(cls):
         """The node's inputs (model lists are read from the model folders each time)."""
         return {"required": {
-            "layout": ("STRING", {"multiline": True, "default": '{"boxes": [[96, 160, 288, 352], [544, 128, 736, 320]]}',
-                                  "tooltip": LAYOUT_TOOLTIP}),
+            "layout": ("STRING", {"multiline": True, "tooltip": LAYOUT_TOOLTIP,
+                                  "default": '{"boxes": [[96, 160, 288, 352], [544, 128, 736, 320]]}'}),
             **SIZE_INPUTS,
             "thickness": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 32.0, "step": 1.0,
                                     "tooltip": "Outline width in pixels (VACE: 2)."}),
@@ -143,7 +143,8 @@ class StreamVACEMaskAdjust:
         return {"required": {
             "masks": ("MASK", {"tooltip": "Masks (white = regenerate)."}),
             "grow": ("INT", {"default": 0, "min": -512, "max": 512, "tooltip": "Pixels to grow (< 0 shrinks)."}),
-            "blur": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Edge feather sigma."}),
+            "blur": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 256.0, "step": 0.5,
+                               "tooltip": "Edge feather sigma."}),
             "invert": ("BOOLEAN", {"default": False, "tooltip": "Swap regenerate and keep."}),
             "frames": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip": "Repeat a single mask to this many "
                        "frames (0: keep the count)."}),

@@ -149,7 +149,8 @@ def _to_original(state: dict) -> dict:
             new = re.sub(old, replacement, new)
         if m := re.fullmatch(r"neck\.fusion_stage\.layers\.(\d)\.(.+)", new):
             rest = re.sub(r"residual_layer(\d)\.convolution(\d)", r"resConfUnit\1.conv\2", m[2])
-            new = f"depth_head.scratch.refinenet{fusion_to_refinenet[int(m[1])]}.{rest.replace('projection.', 'out_conv.')}"
+            rest = rest.replace("projection.", "out_conv.")
+            new = f"depth_head.scratch.refinenet{fusion_to_refinenet[int(m[1])]}.{rest}"
         original[new] = value
     for (block, kind), parts in qkv.items():
         original[f"pretrained.blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])

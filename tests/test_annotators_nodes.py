@@ -41,7 +41,8 @@ def use_models_dir(models_dir, monkeypatch):
 
 def comfy_image(frames=6, height=48, width=64, seed=0):
     """A ComfyUI IMAGE batch [T, H, W, 3] in [0, 1]: the moving square."""
-    return ((sample_clip(frames, height, width, square=16, speed=2, seed=seed) + 1) / 2).permute(1, 2, 3, 0).contiguous()
+    clip = sample_clip(frames, height, width, square=16, speed=2, seed=seed)
+    return ((clip + 1) / 2).permute(1, 2, 3, 0).contiguous()
 
 
 def run(name, **inputs):

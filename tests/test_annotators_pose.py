@@ -163,7 +163,8 @@ def test_pose_frames_from_tiny_models_have_vace_format(folders):
 def test_keypoints_of_a_chunk_equal_frame_by_frame(folders):
     pose = load_pose_model(folders["pose"])
     images = (sample_clip(frames=3, height=72, width=120, square=24, speed=3).transpose(0, 1) + 1) / 2
-    boxes = torch.tensor([[[10.0, 5.0, 50.0, 70.0], [60.0, 20.0, 110.0, 60.0]]]).repeat(3, 1, 1) + torch.arange(3.0).view(3, 1, 1)
+    boxes = torch.tensor([[[10.0, 5.0, 50.0, 70.0], [60.0, 20.0, 110.0, 60.0]]]).repeat(3, 1, 1)
+    boxes = boxes + torch.arange(3.0).view(3, 1, 1)
 
     def keypoints(frames, frame_boxes):
         with torch.no_grad():

@@ -11,7 +11,8 @@ import torch
 from streamvace.annotators.flow import FlowAnnotator, RaftFlow, farneback_flow, flow_to_color
 from streamvace.annotators.frames import check_video
 from streamvace.annotators.gray import GrayAnnotator
-from streamvace.annotators.layout import LayoutAnnotator, LayoutError, draw_box_outlines, draw_mask_contours, parse_layout
+from streamvace.annotators.layout import (LayoutAnnotator, LayoutError, draw_box_outlines, draw_mask_contours,
+                                          parse_layout)
 from streamvace.annotators.masks import BoxMaskAnnotator, adjust_masks, fill_boxes, grow_masks
 from streamvace.annotators.scribble import ScribbleAnnotator
 from streamvace.annotators.video_io import VideoWriter, read_video_chunks, sample_clip
@@ -86,8 +87,8 @@ def test_canny_is_dark_lines_on_white_at_the_square_edges(clip):
 
 def test_farneback_measures_the_squares_motion():
     clip = sample_clip(frames=2, height=HEIGHT, width=WIDTH, square=SQUARE, speed=SPEED)
-    gray = cv2.cvtColor(uint8_frames(clip)[0], cv2.COLOR_RGB2GRAY), cv2.cvtColor(uint8_frames(clip)[1], cv2.COLOR_RGB2GRAY)
-    flow = farneback_flow(*gray)
+    frames = uint8_frames(clip)
+    flow = farneback_flow(cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY), cv2.cvtColor(frames[1], cv2.COLOR_RGB2GRAY))
     assert flow.dtype == np.float32 and flow.shape == (HEIGHT, WIDTH, 2)
     inside = flow[TOP + 8:TOP + 56, square_left(1) + 8:square_left(1) + 56]
     assert np.abs(inside[..., 0].mean() - SPEED) < 0.1 and np.abs(inside[..., 1].mean()) < 0.1

@@ -82,7 +82,8 @@ def tiny_sam2_video(seed: int = 0, num_maskmem: int = 3, max_object_pointers: in
 
     hiera = Sam2HieraDetConfig(hidden_size=16, num_attention_heads=1, image_size=[128, 128],
                                embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
-                               blocks_per_stage=[1, 1, 2, 1], global_attention_blocks=[3], window_size_per_stage=[4] * 4,
+                               blocks_per_stage=[1, 1, 2, 1], global_attention_blocks=[3],
+                               window_size_per_stage=[4] * 4,
                                window_positional_embedding_background_size=[4, 4])
     vision = Sam2VisionConfig(backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16],
                               backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=128)
