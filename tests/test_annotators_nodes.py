@@ -140,6 +140,24 @@ def test_bad_inputs_get_clear_errors(tmp_path, monkeypatch):
             canny_high=200, invert=False, line_model=None)
 
 
+def test_models_run_in_bfloat16_as_on_a_gpu(models_dir):
+    from streamvace.annotators.depth import DepthAnnotator, load_depth_model
+    from streamvace.annotators.pose import PoseAnnotator, load_person_detector, load_pose_model
+    from streamvace.annotators.sam2_video import Sam2VideoAnnotator, load_sam2_video_model
+
+    bf16, video = torch.bfloat16, sample_clip(2, 48, 64, square=16)
+    folder = str(models_dir)
+    streaming = [DepthAnnotator(load_depth_model(f"{folder}/depthanything/tiny-depth", dtype=bf16), 70),
+                 Sam2VideoAnnotator(load_sam2_video_model(f"{folder}/sam2/tiny-sam2", dtype=bf16), [[(20, 24)]])]
+    per_frame = [PoseAnnotator(load_pose_model(f"{folder}/vitpose/tiny-vitpose", dtype=bf16),
+                               load_person_detector(f"{folder}/detection/tiny-rtdetr", dtype=bf16), 4, 0.0),
+                 ScribbleAnnotator("model", line_model=load_line_model(f"{folder}/scribble/netG_A_tiny.pth").to(bf16))]
+    for annotator in streaming + per_frame:
+        for _ in range(2 if annotator in streaming else 1):  # a second chunk runs the streaming path
+            out = annotator(video)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all() and out.shape[1:] == video.shape[1:]
+
+
 def test_line_model_reads_vaces_scribble_key_layout(tmp_path):
     with open(os.path.join(DATA, "vace_scribble_net_keys.json")) as handle:
         shapes = json.load(handle)["shapes"]
