@@ -14,19 +14,29 @@ masks, [1, T, H, W] in {0, 1}.
 """
 
 import json
+import os
 
 import torch
 from torch.nn import functional as F
 
+from ..models.checkpoint_io import CheckpointError
 from .frames import normalize_imagenet, to_images
 from .weights import load_hf_model
 
 
 
 def load_sam2_video_model(path: str, device="cpu", dtype=torch.float32):
-    """Sam2VideoModel from a transformers folder (e.g. facebook/sam2.1-hiera-tiny, config.json + model.safetensors)."""
+    """Sam2VideoModel from a transformers folder (e.g. facebook/sam2.1-hiera-tiny) or an original SAM2 / SAM2.1
+    file (Meta's sam2.1_hiera_tiny.pt, kijai's sam2.1_hiera_tiny.safetensors; any of the four sizes)."""
     from transformers import Sam2VideoModel
 
+    if os.path.isfile(path):
+        from .sam2_checkpoint import load_original_sam2
+
+        return load_original_sam2(path).to(device=device, dtype=dtype)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or folder. Put sam2.1_hiera_tiny.safetensors (or a transformers "
+                              "folder such as facebook/sam2.1-hiera-tiny) in the 'sam2' model folder.")
     return load_hf_model(Sam2VideoModel, path, ("sam2_video",), "SAM2 video segmentation",
                          "facebook/sam2.1-hiera-tiny", device, dtype)
 

@@ -25,6 +25,7 @@ from streamvace.annotators.layout import LayoutAnnotator, draw_mask_contours
 from streamvace.annotators.line_model import LineDrawingNet
 from streamvace.annotators.masks import adjust_masks
 from streamvace.annotators.pose import PoseAnnotator
+from streamvace.annotators.sam2_checkpoint import sam2_video_config
 from streamvace.annotators.sam2_video import Sam2VideoAnnotator
 from streamvace.annotators.scribble import ScribbleAnnotator
 from streamvace.annotators.video_io import sample_clip
@@ -73,21 +74,14 @@ def pose_models(full: bool):
 
 
 def sam2_model(size: str, full: bool):
-    """SAM2.1 Hiera tiny / large sizes (transformers' converter configs) or a tiny stand-in (smoke)."""
+    """SAM2.1 Hiera tiny / large (the published sizes) or a tiny stand-in (smoke)."""
     from transformers import Sam2VideoConfig, Sam2VideoModel
     from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
     from transformers.models.sam2_video.configuration_sam2_video import (Sam2VideoMaskDecoderConfig,
                                                                          Sam2VideoPromptEncoderConfig)
 
-    if full and size == "tiny":
-        return Sam2VideoModel(Sam2VideoConfig())
     if full:
-        hiera = Sam2HieraDetConfig(hidden_size=144, embed_dim_per_stage=[144, 288, 576, 1152],
-                                   num_attention_heads_per_stage=[2, 4, 8, 16], blocks_per_stage=[2, 6, 36, 4],
-                                   global_attention_blocks=[23, 33, 43], window_size_per_stage=[8, 4, 16, 8],
-                                   window_positional_embedding_background_size=(7, 7))
-        return Sam2VideoModel(Sam2VideoConfig(vision_config=Sam2VisionConfig(
-            backbone_config=hiera, backbone_channel_list=[1152, 576, 288, 144])))
+        return Sam2VideoModel(sam2_video_config(size))
     hiera = Sam2HieraDetConfig(hidden_size=16, image_size=[128, 128], embed_dim_per_stage=[16, 32, 64, 128],
                                num_attention_heads_per_stage=[1, 1, 2, 2], blocks_per_stage=[1, 1, 2, 1],
                                global_attention_blocks=[3], window_size_per_stage=[4] * 4,

@@ -73,9 +73,9 @@ class StreamVACEMaskLayout:
 class StreamVACESAM2(StreamingNode):
     """SAM2 / SAM2.1 video masks from first-frame points or boxes, propagated chunk by chunk with bounded memory."""
 
-    DESCRIPTION = ("Object masks for VACE inpainting: SAM2 video segmentation (a transformers Sam2Video folder in "
-                   "models/sam2, e.g. facebook/sam2.1-hiera-tiny) prompted on the stream's first frame and tracked "
-                   "through every queued chunk; memory stays bounded however long the stream runs.")
+    DESCRIPTION = ("Object masks for VACE inpainting: SAM2 / SAM2.1 video segmentation (models/sam2: the original "
+                   ".pt / .safetensors files or a transformers folder) prompted on the stream's first frame and "
+                   "tracked through every queued chunk; memory stays bounded however long the stream runs.")
     CATEGORY, FUNCTION = CATEGORY, "segment"
     RETURN_TYPES, RETURN_NAMES = ("MASK",), ("masks",)
 
@@ -84,8 +84,9 @@ class StreamVACESAM2(StreamingNode):
         """The node's inputs (model lists are read from the model folders each time)."""
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Video frames of this chunk."}),
-            "model": (model_choices(SAM2_FOLDER), {"tooltip": "models/sam2: a transformers folder (config.json + "
-                      "model.safetensors) such as facebook/sam2.1-hiera-tiny."}),
+            "model": (model_choices(SAM2_FOLDER, files=True), {"tooltip": "models/sam2: sam2.1_hiera_tiny.pt / "
+                      ".safetensors (any size, SAM2 or SAM2.1) or a transformers folder such as "
+                      "facebook/sam2.1-hiera-tiny."}),
             "positive_points": ("STRING", {"multiline": True, "default": "", "tooltip": 'Points on the object in '
                                 "first-frame pixels: [{\"x\": .., \"y\": ..}, ...] or [[x, y], ...]."}),
             "negative_points": ("STRING", {"multiline": True, "default": "", "tooltip": "Points not on the object."}),
@@ -97,7 +98,7 @@ class StreamVACESAM2(StreamingNode):
 
     def segment(self, image, model, positive_points, negative_points, boxes, mask_threshold, stream_id, reset):
         """Masks for this chunk."""
-        path = model_path(SAM2_FOLDER, model, "a transformers SAM2 video folder (e.g. facebook/sam2.1-hiera-tiny)")
+        path = model_path(SAM2_FOLDER, model, "sam2.1_hiera_tiny.safetensors or a transformers SAM2 video folder")
         points, box_list = prompts_from_json(positive_points, negative_points, boxes)
         settings = (path, positive_points, negative_points, boxes, mask_threshold)
         annotator = stream_state("sam2", stream_id, reset, settings, lambda: Sam2VideoAnnotator(

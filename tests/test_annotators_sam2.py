@@ -2,15 +2,20 @@
 the masks of transformers' own unpruned streaming session; memory stays bounded over 500 streamed frames; a failed
 chunk leaves the stream as it was."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
 
+from streamvace.annotators.sam2_checkpoint import convert_sam2_state, sam2_config_from_state, sam2_video_config
 from streamvace.annotators.sam2_video import Sam2VideoAnnotator, load_sam2_video_model, parse_prompts, prompts_from_json
 from streamvace.models.checkpoint_io import CheckpointError
 from tiny_annotator_models import save, tiny_depth_anything, tiny_sam2_video
 
 HEIGHT, WIDTH = 48, 64
+DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -173,8 +178,11 @@ def test_bad_prompts_and_inputs_get_clear_errors(model, tmp_path):
         annotator(torch.zeros(3, 0, HEIGHT, WIDTH))
     with pytest.raises(CheckpointError, match="'depth_anything' model"):
         load_sam2_video_model(save(tiny_depth_anything(), tmp_path / "depth"))
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match="no such file or folder"):
         load_sam2_video_model(str(tmp_path / "sam2.1_hiera_tiny.safetensors"))
+    torch.save({"pretrained.cls_token": torch.zeros(1)}, tmp_path / "depth.pth")
+    with pytest.raises(CheckpointError, match="not an original SAM2 checkpoint"):
+        load_sam2_video_model(str(tmp_path / "depth.pth"))
 
 
 def test_prompt_strings_from_the_ui():
@@ -186,3 +194,44 @@ def test_prompt_strings_from_the_ui():
     with pytest.raises(ValueError, match="not valid JSON"):
         prompts_from_json("[{", "", "")
     np.testing.assert_equal(prompts_from_json("", "", '{"x0": 1, "y0": 2, "x1": 3, "y1": 4}')[1], [[1, 2, 3, 4]])
+
+
+def _original_shapes():
+    with open(os.path.join(DATA, "sam2_original_keys.json")) as handle:
+        return json.load(handle)["models"]
+
+
+def test_original_sam2_key_layouts_convert_onto_transformers_exactly():
+    from transformers import Sam2VideoModel
+
+    for name, shapes in _original_shapes().items():
+        state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+        config = sam2_config_from_state(state)
+        assert config.enable_occlusion_spatial_embedding == name.startswith("sam2.1")
+        with torch.device("meta"):
+            reference = Sam2VideoModel(config).state_dict()
+        converted = convert_sam2_state(state)
+        assert set(converted) == set(reference), name
+        assert all(converted[k].shape == reference[k].shape for k in reference), name
+
+
+def test_published_tiny_config_is_transformers_default():
+    from transformers import Sam2VideoConfig
+
+    assert sam2_video_config("tiny").to_dict() == Sam2VideoConfig().to_dict()  # documented as sam2.1 hiera tiny
+
+
+def test_original_sam2_file_loads_through_the_loader(tmp_path):
+    from safetensors.torch import save_file
+
+    shapes = _original_shapes()["sam2.1_hiera_t"]
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(shape, generator=generator).to(torch.float16) for key, shape in shapes.items()}
+    save_file(state, str(tmp_path / "sam2.1_hiera_tiny-fp16.safetensors"))  # kijai's layout: original keys, fp16
+    model = load_sam2_video_model(str(tmp_path / "sam2.1_hiera_tiny-fp16.safetensors"))
+    assert model.config.vision_config.backbone_config.blocks_per_stage == [1, 2, 7, 2]
+    loaded = model.state_dict()
+    assert torch.equal(loaded["prompt_encoder.point_embed.weight"][2],
+                       state["sam_prompt_encoder.point_embeddings.2.weight"][0].float())
+    assert torch.equal(loaded["vision_encoder.backbone.blocks.3.mlp.proj_out.weight"],
+                       state["image_encoder.trunk.blocks.3.mlp.layers.1.weight"].float())
