@@ -3,7 +3,6 @@
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import torch
 
@@ -13,9 +12,7 @@ _POOL = None
 def cpu_pool() -> ThreadPoolExecutor:
     """The process-wide thread pool for per-frame OpenCV work (one worker per CPU core)."""
     global _POOL
-    if _POOL is None:
-        # OpenCV's own threads would fight the pool's; one frame per worker scales better.
-        cv2.setNumThreads(1)
+    if _POOL is None:  # OpenCV's own thread setting is left alone: it is process-wide, other nodes use it too
         _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 4, thread_name_prefix="streamvace-cv")
     return _POOL
 
