@@ -83,7 +83,7 @@ class RaftFlow:
         from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint
 
         state = read_checkpoint(weights_path)
-        small = "update_block.encoder.convc2.weight" not in state  # raft_small has no second correlation conv
+        small = "update_block.motion_encoder.convcorr2.0.weight" not in state  # raft_small has one corr conv
         model = (raft_small if small else raft_large)(weights=None, progress=False)
         try:
             model.load_state_dict(state)

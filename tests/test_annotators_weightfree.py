@@ -127,17 +127,21 @@ def test_fixed_flow_scale_does_not_depend_on_the_frame(clip):
     assert torch.equal(single[0], doubled[0])
 
 
-def test_raft_without_torchvision_says_what_to_install(tmp_path):
-    pytest.importorskip("torch")
-    try:
-        import torchvision  # noqa: F401
-        pytest.skip("torchvision is installed here; this checks the message when it is absent")
-    except ImportError:
-        pass
-    with pytest.raises(ImportError, match="torchvision"):
-        RaftFlow(str(tmp_path / "raft_large.pth"))
+def test_raft_loads_torchvision_weights_or_says_what_to_install(tmp_path, clip):
     with pytest.raises(ValueError, match="RaftFlow"):
         FlowAnnotator("raft")
+    try:
+        from torchvision.models.optical_flow import raft_large, raft_small
+    except ImportError:  # this environment: no torchvision
+        with pytest.raises(ImportError, match="pip install torchvision"):
+            RaftFlow(str(tmp_path / "raft_large.pth"))
+        return
+    for name, build in (("small", raft_small), ("large", raft_large)):
+        torch.save(build(weights=None).state_dict(), tmp_path / f"raft_{name}.pth")
+        raft = RaftFlow(str(tmp_path / f"raft_{name}.pth"), iterations=2)
+        assert (len(raft.model.update_block.motion_encoder.convcorr2.state_dict()) == 0) == (name == "small")
+        out = FlowAnnotator("raft", raft=raft)(clip[:, :3, :60, :100])
+        assert out.shape == (3, 3, 60, 100)
 
 
 def test_box_outlines_match_cv2_rectangle_thickness_2():
