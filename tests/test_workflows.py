@@ -137,19 +137,24 @@ def test_ui_twin_matches_the_api_workflow(path):
     import sys
 
     sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from ui_workflow import node_definitions, ui_workflow
+    from ui_workflow import node_definitions, ui_workflow, widget_slots
 
     twin = os.path.join(ROOT, "workflows", os.path.basename(path))
     assert os.path.exists(twin), f"{os.path.basename(path)} has no UI-format twin in workflows/"
+    definitions = node_definitions()
     with open(path) as api, open(twin) as ui:
-        expected, got = ui_workflow(json.load(api), node_definitions()), json.load(ui)
+        graph = json.load(api)
+        expected, got = ui_workflow(graph, definitions), json.load(ui)
     hint = f"regenerate it: python tools/ui_workflow.py {os.path.relpath(path, ROOT)} > {os.path.relpath(twin, ROOT)}"
     nodes = {n["id"]: n for n in got["nodes"] if n["type"] not in UI_ONLY_NODES}
     assert sorted(nodes) == sorted(n["id"] for n in expected["nodes"]), hint
     for want in expected["nodes"]:
         have = nodes[want["id"]]
         assert have["type"] == want["type"], hint
-        values = [v for v in have["widgets_values"] if not isinstance(v, str)]
-        assert values == [v for v in want["widgets_values"] if not isinstance(v, str)], f"{want['type']}: {hint}"
+        slots = widget_slots(graph[str(want["id"])], definitions[want["type"]])
+        assert len(have["widgets_values"]) == len(slots), f"{want['type']}: {hint}"
+        for (name, linked), value, default in zip(slots, have["widgets_values"], want["widgets_values"]):
+            if not linked and not isinstance(default, str):  # linked widgets' values are unused
+                assert value == default, f"{want['type']}.{name}: {value!r} != {default!r}; {hint}"
     links = lambda g: sorted((l[1], l[2], l[3], l[5]) for l in g["links"])  # noqa: E731
     assert links(got) == links(expected), hint
