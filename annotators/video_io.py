@@ -68,13 +68,16 @@ def read_video_chunks(path: str, chunk_frames: int = 12, device="cpu", max_frame
 class VideoWriter:
     """Writes [3, T, H, W] chunks in [-1, 1] to an H.264 (or the container's default) video file."""
 
-    def __init__(self, path: str, fps: float = 24.0):
+    def __init__(self, path: str, fps: float = 24.0, fragmented: bool = False):
+        """`fragmented`: a fragmented MP4 that plays while it grows (all but the newest frame, whose fragment
+        closes when the next frame or `close` comes): the file of a stream that many queue runs append to."""
         import av
 
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        self.container = av.open(path, mode="w")
-        self.fps, self.stream, self.frames = fps, None, 0
+        options = {"movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"} if fragmented else {}
+        self.container = av.open(path, mode="w", options=options)
+        self.fps, self.stream, self.frames, self.fragmented = fps, None, 0, fragmented
 
     def write(self, chunk: torch.Tensor) -> None:
         """Append a chunk of frames."""
@@ -91,6 +94,8 @@ class VideoWriter:
             self.stream.pix_fmt = "yuv420p"
             if codec == "libx264":
                 self.stream.options = {"crf": "16"}
+                if self.fragmented:  # no encoder delay, a keyframe (fragment) per second: each write lands on disk
+                    self.stream.options.update(tune="zerolatency", g=str(max(1, round(self.fps))))
         for array in frames:
             array = np.ascontiguousarray(array[:self.stream.height, :self.stream.width])
             for packet in self.stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
