@@ -7,22 +7,14 @@ its weights are present. The stream carries the last frame of each chunk, so fra
 the previous chunk's last frame and chunked annotation equals whole-clip annotation.
 """
 
-import cv2
 import numpy as np
 import torch
 
+from ..models.flow_warp import farneback_flow
 from .cpu import map_frames
 from .frames import device_constant, from_images, to_images
 
 METHODS = ("farneback", "raft")
-
-# Farnebäck parameters used by the DreamLite streaming work (otanl/dreamlite-stream flow.py) and OpenCV's samples.
-FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
-
-
-def farneback_flow(previous_gray: np.ndarray, current_gray: np.ndarray) -> np.ndarray:
-    """Dense flow (float32 [H, W, 2], pixels, x then y) that moves `previous_gray` onto `current_gray` (uint8 HxW)."""
-    return cv2.calcOpticalFlowFarneback(previous_gray, current_gray, None, **FARNEBACK)
 
 
 def _color_wheel() -> torch.Tensor:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Farnebäck settings of the DreamLite streaming work (otanl/dreamlite-stream) and OpenCV's samples; one place for
+# both users: the flow annotator and the Temporal-LLLite condition.
 FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 

@@ -135,6 +135,7 @@ class StreamSession:
             inputs.append(VaceInput(context, control.strength, reference))
         return inputs
 
+    @torch.inference_mode()
     def generate(self, chunks: int, controls=(), on_step=None) -> torch.Tensor:
         """Continue the stream by `chunks` chunks; normalised latents [B, 16, chunks*F, h, w] (float32)."""
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
