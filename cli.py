@@ -19,11 +19,78 @@ def _info(args) -> int:
     return 1 if LOAD_ERRORS else 0
 
 
+def _annotate(args) -> int:
+    """Annotate a video file (or the built-in sample clip) chunk by chunk into a control video."""
+    import torch
+
+    from .annotators.annotate_video import annotate_chunks, make_annotator
+    from .annotators.video_io import VideoWriter, read_video_chunks, sample_clip
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.input == "sample":
+        clip = sample_clip(frames=args.frames or 48)
+        chunks = [(clip[:, i:i + args.chunk], 24.0) for i in range(0, clip.shape[1], args.chunk)]
+    else:
+        try:
+            chunks = list(read_video_chunks(args.input, args.chunk, max_frames=args.frames))
+        except (ValueError, OSError) as error:
+            print(f"streamvace annotate: {error}", file=sys.stderr)
+            return 2
+    height, width = chunks[0][0].shape[-2:]
+    total = sum(chunk.shape[1] for chunk, _ in chunks)
+    try:
+        annotator = make_annotator(args.kind, height, width, total, device, args.method, args.model, args.detector,
+                                   args.layout, args.points, args.boxes)
+    except (ValueError, OSError) as error:  # bad options or model files: say what to fix, no traceback
+        print(f"streamvace annotate: {error}", file=sys.stderr)
+        return 2
+    with VideoWriter(args.out, fps=chunks[0][1]) as writer:
+        stats = annotate_chunks(args.kind, annotator, chunks, writer, device)
+    print(f"{args.kind}: {stats['frames']} frames of {width}x{height} in chunks of {args.chunk} on {device}, "
+          f"{stats['fps']:.1f} frames/s annotating -> {args.out}")
+    return 0
+
+
+def _sample_clip(args) -> int:
+    """Write the synthetic moving-square clip to a video file."""
+    from .annotators.video_io import VideoWriter, sample_clip
+
+    with VideoWriter(args.out, fps=24.0) as writer:
+        writer.write(sample_clip(frames=args.frames, height=args.height, width=args.width))
+    print(f"sample clip: {args.frames} frames of {args.width}x{args.height} -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="streamvace", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, nodes and devices").set_defaults(run=_info)
+
+    from .annotators.annotate_video import KINDS
+
+    annotate = commands.add_parser("annotate", help="turn a video into VACE control frames (depth, scribble, ...)")
+    annotate.add_argument("--kind", required=True, choices=KINDS,
+                          help="scribble, gray, flow and layout need no weights")
+    annotate.add_argument("--input", required=True, help="a video file, or 'sample' for the built-in moving square")
+    annotate.add_argument("--out", required=True, help="the control video to write (.mp4)")
+    annotate.add_argument("--chunk", type=int, default=12, help="frames per chunk (state carries across chunks)")
+    annotate.add_argument("--frames", type=int, default=0, help="stop after this many frames (0: all)")
+    annotate.add_argument("--method", default="", help="scribble: xdog|canny; flow: farneback")
+    annotate.add_argument("--model", default="", help="depth / pose / sam2: a local model folder or file")
+    annotate.add_argument("--detector", default="", help="pose: an RT-DETR transformers folder")
+    annotate.add_argument("--layout", default="", help="layout: boxes / trajectory JSON (default: across the frame)")
+    annotate.add_argument("--points", default="", help='sam2: first-frame points, e.g. [{"x": 100, "y": 80}]')
+    annotate.add_argument("--boxes", default="", help="sam2: first-frame boxes [[x0, y0, x1, y1]]")
+    annotate.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
+    annotate.set_defaults(run=_annotate)
+
+    sample = commands.add_parser("sample-clip", help="write the synthetic moving-square clip")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--frames", type=int, default=48)
+    sample.add_argument("--height", type=int, default=240)
+    sample.add_argument("--width", type=int, default=416)
+    sample.set_defaults(run=_sample_clip)
     return parser
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .stream import StreamConfig, VaceInput, VaceReference, WanStream
+from .stream import StreamConfig, VaceInput, WanStream
+from .vace_reference import VaceReference
 from .vace_context import VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start
 from .wan_dit import WanDiT
 
@@ -134,6 +135,7 @@ class StreamSession:
             inputs.append(VaceInput(context, control.strength, reference))
         return inputs
 
+    @torch.inference_mode()
     def generate(self, chunks: int, controls=(), on_step=None) -> torch.Tensor:
         """Continue the stream by `chunks` chunks; normalised latents [B, 16, chunks*F, h, w] (float32)."""
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)

@@ -52,12 +52,6 @@ def vace_hints(blocks, context_tokens: torch.Tensor, x_tokens: torch.Tensor, e0:
     return hints
 
 
-def vace_reference_pass(blocks, context_tokens: torch.Tensor, x_tokens: torch.Tensor, e0: torch.Tensor,
-                        text_kvs: list, rope: RotaryTable, attends: list) -> None:
-    """Run the VACE blocks over reference tokens only, so each block's attention caches their K/V."""
-    vace_hints(blocks, context_tokens, x_tokens, e0, text_kvs, rope, attends)
-
-
 def combine_hints(per_context: list, scales: list) -> list:
     """Sum of scale_j * hints_j per VACE block, over several VACE contexts (control + mask + ...)."""
     total = [h * scales[0] for h in per_context[0]]

@@ -43,8 +43,8 @@ class FP32LayerNorm(nn.LayerNorm):
         return nn.functional.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with RMS-normalised q/k over the full width and 3-D RoPE."""
+class _Projections(nn.Module):
+    """q, k, v, o Linears and RMSNorms on q and k over the full width (before the head split), as in Wan."""
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -52,6 +52,10 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+
+class SelfAttention(_Projections):
+    """Self-attention with RMS-normalised q/k over the full width and 3-D RoPE."""
 
     def forward(self, x: torch.Tensor, rope: RotaryTable, attend: AttendFn) -> torch.Tensor:
         """x [B, L, dim] in the weights' dtype -> [B, L, dim]."""
@@ -62,15 +66,8 @@ class SelfAttention(nn.Module):
         return self.o(attend(q, k, v).flatten(-2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Attention from the video tokens to the text tokens; the text K/V are computed once per prompt."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
 
     def text_kv(self, text: torch.Tensor) -> tuple:
         """(k, v) [B, L_text, heads, head_dim] of the embedded text, to cache for a prompt."""

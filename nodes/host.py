@@ -85,6 +85,12 @@ def model_path(folder: str, name: str) -> str:
         f"Put the file there and refresh the node list.")
 
 
+def output_directory() -> str:
+    """ComfyUI's output folder (./output outside ComfyUI)."""
+    folder_paths = _comfy("folder_paths")
+    return folder_paths.get_output_directory() if folder_paths is not None else os.path.join(os.getcwd(), "output")
+
+
 def torch_device() -> torch.device:
     """The device ComfyUI runs models on (or CUDA / CPU outside ComfyUI)."""
     model_management = _comfy("comfy.model_management")

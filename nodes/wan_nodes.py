@@ -11,6 +11,7 @@ from ..models.kv_cache import cache_policy as make_cache_policy
 from ..models.latent_format import latents_to_comfy
 from ..models.stream import StreamConfig
 from ..models.stream_session import TIMINGS, Control, StreamSession
+from ..models.vace_context import pixel_frame_start
 from ..models.wan_checkpoint import load_wan_model
 from . import host
 from .convert import image_to_video, mask_to_video
@@ -183,13 +184,51 @@ class StreamVACESampler:
         return (out,)
 
 
+class StreamVACEChunkFrames:
+    """The frames of a video that the stream's next chunks will steer: feed them to an annotator, live."""
+
+    DESCRIPTION = ("Cuts from a long video the frames for the next 'chunks' chunks of the sampler's stream (9 frames "
+                   "for a first chunk, 12 for each later one), following the sampler's position, so an annotator only "
+                   "processes what this run needs. Connect the result to a VACE Control with timing 'call'. Holds the "
+                   "last frame when the video runs out.")
+    CATEGORY = "StreamVACE/control"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    FUNCTION = "cut"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """The whole video, the sampler's stream id, chunks per run, and reset."""
+        return {"required": {
+            "video": ("IMAGE",),
+            "stream_id": ("STRING", {"default": "main", "tooltip": "The Stream Sampler's stream_id."}),
+            "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "The Stream Sampler's chunks."}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Wire the sampler's reset here too."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """Always run: the stream moves on every queue run."""
+        return float("nan")
+
+    def cut(self, video, stream_id, chunks, reset):
+        """Frames [start, end) of the video for the sampler's next chunks."""
+        session = None if reset else registry("wan").get(stream_id)
+        done = 0 if session is None else session.chunks_done
+        start, end = pixel_frame_start(done), pixel_frame_start(done + chunks)
+        index = torch.arange(start, end).clamp(max=video.shape[0] - 1)
+        return (video[index],)
+
+
 NODE_CLASS_MAPPINGS = {
+    "StreamVACEChunkFrames": StreamVACEChunkFrames,
     "StreamVACEModelLoader": StreamVACEModelLoader,
     "StreamVACELora": StreamVACELora,
     "StreamVACEControl": StreamVACEControl,
     "StreamVACESampler": StreamVACESampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "StreamVACEChunkFrames": "Frames for Next Chunks (StreamVACE)",
     "StreamVACEModelLoader": "Load Streaming Wan Model (StreamVACE)",
     "StreamVACELora": "LoRA (StreamVACE)",
     "StreamVACEControl": "VACE Control (StreamVACE)",

@@ -6,7 +6,8 @@ import torch
 
 from streamvace.models.kv_cache import CacheFullError, CachePolicy, KVCache, cache_policy
 from streamvace.models.sampler import chunk_seed
-from streamvace.models.stream import StreamConfig, VaceInput, VaceReference, WanStream
+from streamvace.models.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.vace_reference import VaceReference
 
 from wan_tiny import TEXT_DIM, reference_generation, tiny_model
 

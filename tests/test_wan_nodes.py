@@ -86,3 +86,25 @@ def test_sampler_validates_steps():
     assert validate(steps="1000,750,500,250") is True
     assert "decrease" in validate(steps="250,500")
     assert "numbers" in validate(steps="fast")
+
+
+def test_chunk_frames_follow_the_sampler_and_the_stream_saves_to_one_file(models_dir, tmp_path, monkeypatch):
+    import av
+
+    monkeypatch.chdir(tmp_path)  # outside ComfyUI the output folder is ./output
+    model, vae = _load(models_dir)
+    source = torch.rand(40, H, W, 3)
+    cut, sampler = NODES["StreamVACEChunkFrames"](), NODES["StreamVACESampler"]()
+    decoder, saver = NODES["StreamVACEVAEDecodeStream"](), NODES["StreamVACESaveStream"]()
+    args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="live", reset=False, width=W,
+                height=H, chunks=1, seed=0, cache_policy="longlive", steps="1000,500", warp_steps=True, vae=vae)
+    for run, (start, length) in enumerate([(0, 9), (9, 12), (21, 12)]):
+        frames = cut.cut(source, "live", 1, False)[0]
+        assert torch.equal(frames, source[start:start + length])
+        control = NODES["StreamVACEControl"]().build(1.0, "call", control_video=frames)[0]
+        latent = sampler.sample(**args, control=control)[0]
+        report = saver.save(decoder.decode(vae, latent, "live", False)[0], "live", "clips/live", 16.0, run == 2)
+    assert report["ui"]["text"][0].endswith("33 frames")
+    with av.open(str(tmp_path / "output" / "clips" / "live_00001.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 33
+    assert cut.cut(source, "live", 2, True)[0].shape[0] == 21  # reset: from the start, 9 + 12 frames

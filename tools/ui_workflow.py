@@ -14,6 +14,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_INPUTS = {"seed", "noise_seed"}
+UPLOAD_OPTIONS = ("image_upload", "video_upload")  # the frontend adds an 'upload' button widget after these
 
 
 def node_definitions() -> dict:
@@ -39,6 +40,37 @@ def _is_widget(spec) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
+def _input_order(definition: dict) -> list:
+    return [(name, definition["input"][section][name]) for section in ("required", "optional")
+            for name in definition.get("input_order", {}).get(section, definition["input"].get(section, {}))]
+
+
+def widget_slots(entry: dict, definition: dict) -> list:
+    """(input name, linked) for each value in the UI node's widgets_values ('control_after_generate' after seeds)."""
+    slots = []
+    for name, spec in _input_order(definition):
+        if _is_widget(spec) and name in entry["inputs"]:
+            value = entry["inputs"][name]
+            linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            slots.append((name, linked))
+            if name in SEED_INPUTS:
+                slots.append(("control_after_generate", linked))
+            if _uploads(spec):
+                slots.append(("upload", linked))
+    return slots
+
+
+def _uploads(spec) -> bool:
+    return len(spec) > 1 and isinstance(spec[1], dict) and any(spec[1].get(k) for k in UPLOAD_OPTIONS)
+
+
+def _default(spec):
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    return spec[0][0] if isinstance(spec[0], list) and spec[0] else None
+
+
 def _depths(graph: dict) -> dict:
     depth = {}
 
@@ -60,17 +92,19 @@ def ui_workflow(api: dict, definitions: dict) -> dict:
     outputs = {}  # (node id, slot) -> list of link ids
     for node_id in sorted(api, key=int):
         entry, definition = api[node_id], definitions[api[node_id]["class_type"]]
-        order = [(name, definition["input"][section][name]) for section in ("required", "optional")
-                 for name in definition.get("input_order", {}).get(section, definition["input"].get(section, {}))]
         inputs, widgets = [], []
-        for name, spec in order:
+        for name, spec in _input_order(definition):
             value = entry["inputs"].get(name)
             linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            if _is_widget(spec):
-                if name in entry["inputs"] and not linked:
-                    widgets.append(value)
-                    if name in SEED_INPUTS:
-                        widgets.append("fixed")
+            widget = _is_widget(spec)
+            if widget and name in entry["inputs"]:
+                # a linked widget is a "converted" widget: it keeps a value slot, filled with its default
+                widgets.append(_default(spec) if linked else value)
+                if name in SEED_INPUTS:
+                    widgets.append("fixed")
+                if _uploads(spec):
+                    widgets.append("image")
+            if widget and not linked:
                 continue
             if name in entry["inputs"] or name in definition["input"].get("required", {}):
                 link_id = None
@@ -80,7 +114,10 @@ def ui_workflow(api: dict, definitions: dict) -> dict:
                     kind = definitions[api[source]["class_type"]]["output"][slot]
                     links.append([link_id, int(source), slot, int(node_id), len(inputs), kind])
                     outputs.setdefault((int(source), slot), []).append(link_id)
-                inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": link_id})
+                slot_entry = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": link_id}
+                if widget:
+                    slot_entry["widget"] = {"name": name}
+                inputs.append(slot_entry)
         column = depth[node_id]
         rows[column] = rows.get(column, -1) + 1
         nodes.append({

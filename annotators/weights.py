@@ -1,0 +1,53 @@
+"""Loading annotator models from local Hugging Face folders, never from the network, with clear errors."""
+
+import json
+import os
+
+import torch
+
+from ..models.checkpoint_io import CheckpointError
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+def read_hf_config(path: str, model_types: tuple, what: str, example: str) -> dict:
+    """The config.json of a local Hugging Face model folder, checked to be one of `model_types`."""
+    if not os.path.isdir(path):
+        raise CheckpointError(
+            f"{path}: expected a Hugging Face model folder for {what} (config.json + model.safetensors), "
+            f"e.g. the files of {example}.")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{path}: no config.json in this {what} folder. Copy the whole folder of {example} "
+                              "(config.json and model.safetensors) there.")
+    try:
+        with open(config_path) as handle:
+            config = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_path}: unreadable config.json ({error}); download it again.") from error
+    if config.get("model_type") not in model_types:
+        raise CheckpointError(
+            f"{path}: this folder holds a '{config.get('model_type')}' model, but {what} needs one of "
+            f"{list(model_types)} (e.g. {example}).")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES):
+        raise CheckpointError(f"{path}: no weight file (expected one of {', '.join(HF_WEIGHT_FILES)}); "
+                              f"download the weights of {example} into it.")
+    return config
+
+
+def load_hf_model(model_class, path: str, model_types: tuple, what: str, example: str,
+                  device="cpu", dtype=torch.float32):
+    """Load a transformers model from a local folder offline; any missing or misshapen weight is an error."""
+    read_hf_config(path, model_types, what, example)
+    try:
+        model, info = model_class.from_pretrained(path, local_files_only=True, output_loading_info=True,
+                                                  dtype=torch.float32)
+    except Exception as error:  # transformers raises many types; the user needs the file and the reason
+        raise CheckpointError(f"{path}: could not load {what} ({type(error).__name__}: {error}).") from error
+    problems = {name: info.get(name) for name in ("missing_keys", "mismatched_keys") if info.get(name)}
+    if problems:
+        detail = "; ".join(f"{name}: {sorted(map(str, keys))[:5]}" for name, keys in problems.items())
+        raise CheckpointError(f"{path}: the weights do not match the config ({detail}). The file is incomplete or "
+                              f"belongs to another model; download {example} again.")
+    return model.eval().requires_grad_(False).to(device=device, dtype=dtype)

@@ -1,0 +1,83 @@
+"""Shared plumbing for the annotator nodes: model folders, model choices, a small model cache, stream inputs."""
+
+import os
+import threading
+
+import torch
+
+from . import host
+from .streams import registry
+
+# models/<folder> in ComfyUI (outside it: $STREAMVACE_MODELS_DIR/<folder>)
+DEPTH_FOLDER = "depthanything"
+POSE_FOLDER = "vitpose"
+DETECTION_FOLDER = "detection"
+SAM2_FOLDER = "sam2"
+SCRIBBLE_FOLDER = "scribble"
+RAFT_FOLDER = "raft"
+for _folder in (DEPTH_FOLDER, POSE_FOLDER, DETECTION_FOLDER, SAM2_FOLDER, SCRIBBLE_FOLDER, RAFT_FOLDER):
+    host.register_model_folder(_folder)
+
+STREAM_INPUTS = {
+    "stream_id": ("STRING", {"default": "main", "tooltip": "Name of the stream; queued runs with the same id "
+                             "continue it (state carried between chunks)."}),
+    "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the stream afresh on this run."}),
+}
+
+
+class StreamingNode:
+    """Base of the nodes that continue a stream (state in the stream registry): they run on every queue."""
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """NaN never equals itself, so ComfyUI re-runs the node on every queue instead of caching it."""
+        return float("nan")
+
+
+def model_choices(folder: str, folders: bool = True, files: bool = False) -> list:
+    """Names for a model combo: Hugging Face sub-folders and/or weight files of models/<folder> (empty when none,
+    as ComfyUI's own loaders; the input's tooltip names the folder and the files to put there)."""
+    directories = host.model_dirs(folder) if folders else []
+    names = directories + [name for name in (host.model_files(folder) if files else [])  # not a folder's own files
+                           if not any(name.startswith(directory + os.sep) for directory in directories)]
+    return sorted(set(names))
+
+
+def model_path(folder: str, name: str, expected: str) -> str:
+    """Full path of a chosen model, or a clear error saying what to put where."""
+    if not name:
+        where = ", ".join(host.model_folder_paths(folder))
+        raise FileNotFoundError(f"No model in the '{folder}' model folder ({where}). Put {expected} there, "
+                                "refresh the node list (press R) and pick it.")
+    return host.model_path(folder, name)
+
+
+_MODELS = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(loader, path: str):
+    """loader(path, device, dtype), memoised (the last few models stay loaded; bf16 on CUDA, float32 on CPU)."""
+    device = host.torch_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    key = (loader.__module__, loader.__name__, path, str(device), dtype)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if len(_MODELS) >= 4:
+                _MODELS.pop(next(iter(_MODELS)))
+            _MODELS[key] = loader(path, device=device, dtype=dtype)
+        return _MODELS[key]
+
+
+def stream_state(kind: str, stream_id: str, reset: bool, signature, factory):
+    """The stream's annotator from the registry (fresh when reset or when its settings changed)."""
+    streams = registry(kind)
+    if reset:
+        streams.reset(stream_id)
+    return streams.get_or_create(stream_id, signature, factory)
+
+
+def on_device(video: torch.Tensor) -> torch.Tensor:
+    """Move an engine tensor to the compute device."""
+    host.check_interrupted()
+    return video.to(host.torch_device(), non_blocking=True)

@@ -1,0 +1,84 @@
+"""Saving a stream: every queue run appends its frames to one growing video file per stream_id."""
+
+import atexit
+import os
+
+from ..annotators.video_io import VideoWriter
+from . import host
+from .convert import image_to_video
+from .streams import registry
+
+_WRITERS = registry("save_stream")
+
+
+def _next_path(prefix: str) -> str:
+    folder = host.output_directory()
+    index = 1
+    while os.path.exists(os.path.join(folder, f"{prefix}_{index:05d}.mp4")):
+        index += 1
+    return os.path.join(folder, f"{prefix}_{index:05d}.mp4")
+
+
+class _StreamFile:
+    def __init__(self, prefix: str, fps: float):
+        self.settings = (prefix, fps)
+        self.path = _next_path(prefix)
+        self.writer = VideoWriter(self.path, fps, fragmented=True)
+
+
+def _close(stream_id: str) -> None:
+    state = _WRITERS.get(stream_id)
+    if state is not None:
+        state.writer.close()
+        _WRITERS.reset(stream_id)
+
+
+@atexit.register
+def _close_all() -> None:
+    for stream_id in _WRITERS.ids():
+        _close(stream_id)
+
+
+class StreamVACESaveStream:
+    """Append this run's frames to the stream's video file (a fragmented MP4, playable while it grows)."""
+
+    DESCRIPTION = ("Saves a stream as ONE video: each queue run appends its frames to output/<prefix>_NNNNN.mp4 "
+                   "(H.264, fragmented MP4: it plays while it grows, all but the newest frame, which lands with the next "
+                   "run). 'finish' closes the file; the next run starts a new one. Changing fps or prefix also starts "
+                   "a new file.")
+    CATEGORY = "StreamVACE/output"
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """Frames, stream id, file prefix, fps and the finish switch."""
+        return {"required": {
+            "images": ("IMAGE",),
+            "stream_id": ("STRING", {"default": "main"}),
+            "filename_prefix": ("STRING", {"default": "streamvace/stream"}),
+            "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0}),
+            "finish": ("BOOLEAN", {"default": False, "tooltip": "Close the file after this run's frames."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """Always run: every queue run appends."""
+        return float("nan")
+
+    def save(self, images, stream_id, filename_prefix, fps, finish):
+        """Append the frames; report the file and its length."""
+        current = _WRITERS.get(stream_id)
+        if current is not None and current.settings != (filename_prefix, fps):
+            _close(stream_id)  # finish the old file properly before starting the new one
+        state = _WRITERS.get_or_create(stream_id, (filename_prefix, fps), lambda: _StreamFile(filename_prefix, fps))
+        state.writer.write(image_to_video(images))
+        text = f"{state.path}: {state.writer.frames} frames"
+        if finish:
+            _close(stream_id)
+        return {"ui": {"text": [text]}}
+
+
+NODE_CLASS_MAPPINGS = {"StreamVACESaveStream": StreamVACESaveStream}
+NODE_DISPLAY_NAME_MAPPINGS = {"StreamVACESaveStream": "Save Stream as One Video (StreamVACE)"}

@@ -1,0 +1,79 @@
+"""The DreamLite nodes end to end on a tiny model: load, stylize a stream across queue runs, measure flicker."""
+
+import math
+import os
+
+import pytest
+import torch
+from dreamlite_tiny import build_tiny_dreamlite, random_frames
+from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
+from safetensors.torch import save_file
+
+from streamvace.models.dreamlite_loader import load_dreamlite
+from streamvace.models.temporal_lllite import TemporalLLLite
+from streamvace.nodes.dreamlite_nodes import (StreamVACEDreamLiteLoader, StreamVACEDreamLiteStylize,
+                                              StreamVACEFlickerMetric)
+from streamvace.nodes.streams import registry
+
+ADAPTER = "temporal_lllite_step001440.safetensors"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    folder = build_tiny_dreamlite(str(root / "diffusers" / "DreamLite-mobile"))
+    adapter = TemporalLLLite(load_dreamlite(folder, dtype=torch.float32).unet, "all", cond_emb_dim=8, mlp_dim=16)
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    os.makedirs(root / "controlnet")
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(root / "controlnet" / ADAPTER))
+    return str(root)
+
+
+@pytest.fixture()
+def dreamlite(models_dir, monkeypatch):
+    monkeypatch.setenv("STREAMVACE_MODELS_DIR", models_dir)
+    spec = StreamVACEDreamLiteLoader.INPUT_TYPES()["required"]
+    assert spec["model"][0] == ["DreamLite-mobile"]  # the pipeline folder only, not its unet/ vae/ sub-folders
+    assert spec["lllite"][0] == ["none", ADAPTER]
+    (model,) = StreamVACEDreamLiteLoader().load("DreamLite-mobile", ADAPTER, "down_blocks", "float32", "off")
+    assert len(model.lllite_report.loaded) == 11 and len(model.lllite_report.ignored) == 28
+    return model
+
+
+def _stylize(dreamlite, frames, stream_id="main", reset=False, **overrides):
+    knobs = dict(prompt="an oil painting style", stream_id=stream_id, reset=reset, width=64, height=64, steps=1,
+                 batch_size=2, te_refresh_every=2, te_batch_one=False, cond_refresh_every=2, lllite_strength=1.0,
+                 fixed_noise=False, seed=3)
+    knobs.update(overrides)
+    return StreamVACEDreamLiteStylize().stylize(dreamlite, frames, **knobs)[0]
+
+
+def test_queued_runs_continue_one_stream(dreamlite):
+    frames = random_frames(8, 64)
+    whole = _stylize(dreamlite, frames, "whole", reset=True)
+    first = _stylize(dreamlite, frames[:4], "queued", reset=True)
+    second = _stylize(dreamlite, frames[4:], "queued")
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+    assert registry("dreamlite").get("queued").frames_done == 8
+    again = _stylize(dreamlite, frames[:4], "queued", reset=True)
+    torch.testing.assert_close(again, first)
+    assert math.isnan(StreamVACEDreamLiteStylize.IS_CHANGED())
+
+
+def test_any_video_size_is_resized_and_alpha_dropped(dreamlite):
+    frames = torch.cat([random_frames(3, 96), torch.ones(3, 96, 96, 1)], dim=-1)
+    out = _stylize(dreamlite, frames, "resized", reset=True)
+    assert out.shape == (3, 64, 64, 3) and out.dtype == torch.float32
+
+
+def test_flicker_metric_node_reports_all_three_numbers():
+    frames = random_frames(4, 64)
+    error, sobel, energy, report = StreamVACEFlickerMetric().measure(frames, random_frames(4, 96))
+    assert error >= 0 and sobel > 0 and energy > 0 and "warping error" in report
+
+
+def test_loader_states_the_weights_licence():
+    assert "CC BY-NC 4.0" in StreamVACEDreamLiteLoader.DESCRIPTION
+    assert "CC BY-NC 4.0" in StreamVACEDreamLiteStylize.DESCRIPTION
