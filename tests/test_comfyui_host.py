@@ -7,7 +7,9 @@ COMFYUI_PYTHON at a python that has ComfyUI's requirements and this pack's (requ
     COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python python -m pytest tests -m comfyui
 
 The text conditioning comes from ComfyUI's LotusConditioning node (a constant [1, 2, 1024] embedding, no text
-encoder), so the stream tests need no umT5. The bundled workflows run with CLIPLoader on a random CLIP-L.
+encoder), so the stream tests need no umT5. The bundled API workflows run as shipped except for their model files
+(tiny stand-ins, STAND_INS; umT5 becomes a random CLIP-L), smaller frames and no torch.compile. Strict xfails at
+the end pin problems found in the pack; each turns red once fixed.
 """
 
 import hashlib
@@ -24,6 +26,8 @@ from streamvace.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 from _comfyui_server import ComfyUIServer, png_size
 from _vae_helpers import save_weights, tiny_vae_state_dict, wan_vae_state_dict
+from dreamlite_tiny import build_tiny_dreamlite
+from tiny_annotator_models import save, tiny_depth_anything
 from wan_tiny import tiny_model
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
@@ -34,17 +38,23 @@ pytestmark = pytest.mark.comfyui
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "StreamVACE"  # the folder name under custom_nodes/, as ComfyUI reports it
-# The bundled workflows name the real model files; each runs here with a tiny stand-in of the same kind.
+# The bundled workflows name the real model (and input) files; each runs here with a tiny stand-in of the same kind.
 STAND_INS = {
     "longlive_base.pt": "longlive_tiny.pt",
     "longlive_lora.pt": "longlive_lora_tiny.pt",
+    "Wan2_1-VACE_module_1_3B_bf16.safetensors": "vace_module_tiny.safetensors",
     "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "clip_l_random.safetensors",
     "wan_2.1_vae.safetensors": "wan_vae_tiny.safetensors",
     "Wan2.1_VAE.pth": "wan_vae_tiny.safetensors",
     "taew2_1.pth": "taew_tiny.pth",
     "taew2_1.safetensors": "taew_tiny.pth",
+    "Depth-Anything-V2-Small-hf": "tiny-depth",
+    "DreamLite-mobile": "dreamlite-tiny",
+    "dance.mp4": "input.mp4",
 }
-SMALL_SIZE = {"width": 96, "height": 64}  # frame sizes in the bundled workflows, shrunk so that each runs in seconds
+# ... and run in seconds: frame sizes shrunk (to the node's minimum where that is larger), no torch.compile on CPU.
+SMALL_SIZE = {"width": 96, "height": 64}
+FAST_SETTINGS = {"compile": "off"}
 H, W = 128, 192  # stream tests: large enough that a denoising step lasts long enough to be interrupted
 
 
@@ -129,6 +139,8 @@ def base_dir(tmp_path_factory):
     save_weights(wan_vae_state_dict(seed=2), models / "vae" / "wan_vae_tiny.safetensors")
     save_weights(tiny_vae_state_dict(seed=3), models / "vae_approx" / "taew_tiny.pth")
     save_weights(_random_clip_l(), models / "text_encoders" / "clip_l_random.safetensors")
+    save(tiny_depth_anything(), models / "depthanything" / "tiny-depth")
+    build_tiny_dreamlite(str(models / "diffusers" / "dreamlite-tiny"))
     _input_video(base / "input" / "input.mp4")
     return base
 
@@ -244,15 +256,18 @@ def test_workflow_templates_serve_our_workflows(comfyui):
         assert comfyui.get_json(f"/api/workflow_templates/{PACK}/{path.name}") == json.loads(path.read_text())
 
 
-def _runnable_copy(graph: dict) -> dict:
-    """The API graph with the real model files swapped for the tiny stand-ins and frame sizes shrunk."""
+def _runnable_copy(graph: dict, object_info: dict) -> dict:
+    """The API graph with the real files swapped for the tiny stand-ins, small frames and no compilation."""
     graph = json.loads(json.dumps(graph))
     for node in graph.values():
+        declared = object_info.get(node["class_type"], {}).get("input", {}).get("required", {})
         for key, value in node["inputs"].items():
             if isinstance(value, str) and value in STAND_INS:
                 node["inputs"][key] = STAND_INS[value]
             elif key in SMALL_SIZE and isinstance(value, int):
-                node["inputs"][key] = SMALL_SIZE[key]
+                node["inputs"][key] = max(SMALL_SIZE[key], declared.get(key, [None, {}])[1].get("min", 0))
+            elif key in FAST_SETTINGS and isinstance(value, str):
+                node["inputs"][key] = FAST_SETTINGS[key]
     return graph
 
 
@@ -269,14 +284,14 @@ def _frame_count(path: Path) -> int:
 
 @pytest.mark.parametrize("workflow", sorted((ROOT / "workflows" / "api").glob("*.json")), ids=lambda p: p.stem)
 def test_bundled_api_workflow_validates_and_runs(comfyui, base_dir, workflow):
-    graph = _runnable_copy(json.loads(workflow.read_text()))
+    graph = _runnable_copy(json.loads(workflow.read_text()), comfyui.get_json("/object_info"))
     entry = comfyui.run(graph, refused_hint="a model file that is not in STAND_INS needs a tiny stand-in there")
     assert _status(entry) == "execution_success", f"{entry['status']}\n{comfyui.log_tail()}"
     files = [image for output in entry["outputs"].values() for image in output.get("images", [])]
     assert files, f"{workflow.name} wrote no output"
-    for image in files:  # each run starts its streams: a first chunk of 1 + 4k frames
+    for image in files:
         path = base_dir / image["type"] / image["subfolder"] / image["filename"]
-        assert _frame_count(path) % 4 == 1, f"{path} holds {_frame_count(path)} frames"
+        assert _frame_count(path) >= 1, f"{path} holds no frame"
 
 
 def test_queued_runs_continue_one_stream(reference_stream):
