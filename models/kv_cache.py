@@ -91,6 +91,10 @@ class KVCache:
         """Bytes held by the K and V buffers."""
         return self.keys.nbytes + self.values.nbytes
 
+    def frame_slot(self, frame: int) -> int:
+        """The buffer slot (in frames) that holds `frame`."""
+        return self._slot(frame)
+
     def _slot(self, frame: int) -> int:
         sink = self.policy.sink_frames
         return frame if frame < sink else sink + (frame - sink) % self.ring_frames

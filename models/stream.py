@@ -115,6 +115,13 @@ class WanStream:
             latents = torch.cat([self.history[:, :, slot:slot + n] for _, slot, n in self.cache.frame_slot_runs(slots)], 2)
             self._forward(latents, len(self.sigmas), attends, self._rope(start), ())
 
+    def clean_latents(self, start: int, end: int):
+        """The generated latents of frames [start, end) [B, 16, end-start, h, w], or None if some left the cache."""
+        resident = set(self.cache.resident_frames())
+        if start >= end or not all(f in resident for f in range(start, end)):
+            return None
+        return torch.cat([self.history[:, :, self.cache.frame_slot(f)][:, :, None] for f in range(start, end)], dim=2)
+
     def _commit(self, slots, clean: torch.Tensor) -> None:
         for source, slot, n in self.cache.frame_slot_runs(slots):
             self.history[:, :, slot:slot + n] = clean[:, :, source:source + n]

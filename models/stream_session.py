@@ -87,6 +87,10 @@ class StreamSession:
             self.stream.set_prompt(text)
             self._prompt = text.clone()
 
+    def use_model(self, model: WanDiT) -> None:
+        """Continue with another copy of the same weights (e.g. the model was loaded again)."""
+        self.stream.model = model
+
     def use_vae(self, vae) -> None:
         """Encode controls with this VAE from now on (controls restart their encoder streams)."""
         if vae is not self.vae:

@@ -17,15 +17,27 @@ class DecodeStream:
         self.vae = None
         self.cache = None
         self.chunks = 0
+        self.next_frame = None  # the stream's latent frame expected next, when the latents say where they sit
 
-    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
-        """Decode the next chunk of normalised latents with `vae` (switching decoders if it changed)."""
+    def decode(self, vae, latents: torch.Tensor, first_frame: int = None) -> torch.Tensor:
+        """Decode the next chunk of normalised latents with `vae` (switching decoders if it changed).
+
+        `first_frame`: the stream position of latents[:, :, 0] when known. 0 starts the stream over; a
+        position other than the one expected (chunks skipped or repeated) continues with a fresh
+        mid-stream decoder cache (a small seam) rather than decoding on top of the wrong history.
+        """
         cache = self.cache
-        if vae is not self.vae or cache is None:
-            cache = vae.new_decoder_cache(mid_stream=self.chunks > 0)
+        restart = first_frame == 0 or (first_frame is not None and self.next_frame is not None
+                                       and first_frame != self.next_frame)
+        if first_frame == 0:
+            self.chunks = 0
+        if vae is not self.vae or cache is None or restart:
+            cache = vae.new_decoder_cache(mid_stream=first_frame != 0 and (self.chunks > 0 or bool(first_frame)))
         video = vae.decode(latents, cache)
         self.vae, self.cache = vae, cache
         self.chunks += 1
+        if first_frame is not None:
+            self.next_frame = first_frame + latents.shape[2]
         return video
 
 

@@ -1,11 +1,11 @@
 """Shared plumbing for the annotator nodes: model folders, model choices, a small model cache, stream inputs."""
 
 import os
-import threading
 
 import torch
 
 from . import host
+from .model_cache import cached, file_key
 from .streams import registry
 
 # models/<folder> in ComfyUI (outside it: $STREAMVACE_MODELS_DIR/<folder>)
@@ -52,21 +52,12 @@ def model_path(folder: str, name: str, expected: str) -> str:
     return host.model_path(folder, name)
 
 
-_MODELS = {}
-_MODELS_LOCK = threading.Lock()
-
-
 def cached_model(loader, path: str):
     """loader(path, device, dtype), memoised (the last few models stay loaded; bf16 on CUDA, float32 on CPU)."""
     device = host.torch_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    key = (loader.__module__, loader.__name__, path, str(device), dtype)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            if len(_MODELS) >= 4:
-                _MODELS.pop(next(iter(_MODELS)))
-            _MODELS[key] = loader(path, device=device, dtype=dtype)
-        return _MODELS[key]
+    key = (loader.__module__, loader.__name__, path, file_key(path), str(device), dtype)
+    return cached(key, lambda: loader(path, device=device, dtype=dtype))
 
 
 def stream_state(kind: str, stream_id: str, reset: bool, signature, factory):

@@ -10,6 +10,7 @@ from ..models.dreamlite_pipeline import StylizeModel, StylizeOptions, resize_fra
 from ..models.flicker_metrics import flicker_report
 from ..models.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
 from . import host, streams
+from .model_cache import cached, file_key
 
 MODEL_FOLDER = "diffusers"  # ComfyUI's folder for diffusers-format pipelines
 ADAPTER_FOLDER = "controlnet"  # LLLite adapters live with the ControlNets
@@ -58,14 +59,21 @@ class StreamVACEDreamLiteLoader:
         }}
 
     def load(self, model, lllite, hook_blocks, dtype, compile):
-        """Load the pipeline parts onto ComfyUI's device and attach the adapter."""
-        models = load_dreamlite(host.model_path(MODEL_FOLDER, model), host.torch_device(), DTYPES[dtype])
-        adapter = report = None
-        if lllite != "none":
-            adapter, report = TemporalLLLite.from_file(models.unet, host.model_path(ADAPTER_FOLDER, lllite),
-                                                       hook_blocks)
-            logging.getLogger(__name__).info("%s: %s", lllite, report.summary())
-        return (StylizeModel(models, adapter, report, None if compile == "off" else compile),)
+        """Load the pipeline parts onto ComfyUI's device and attach the adapter (memoised: streams go on)."""
+        folder = host.model_path(MODEL_FOLDER, model)
+        adapter_path = None if lllite == "none" else host.model_path(ADAPTER_FOLDER, lllite)
+        device = host.torch_device()
+
+        def load():
+            models = load_dreamlite(folder, device, DTYPES[dtype])
+            adapter = report = None
+            if adapter_path is not None:
+                adapter, report = TemporalLLLite.from_file(models.unet, adapter_path, hook_blocks)
+                logging.getLogger(__name__).info("%s: %s", lllite, report.summary())
+            return StylizeModel(models, adapter, report, None if compile == "off" else compile)
+
+        key = ("dreamlite", file_key(folder, adapter_path), hook_blocks, dtype, compile, str(device))
+        return (cached(key, load),)
 
 
 class StreamVACEDreamLiteStylize:

@@ -68,16 +68,18 @@ class StreamVACESaveStream:
         return float("nan")
 
     def save(self, images, stream_id, filename_prefix, fps, finish):
-        """Append the frames; report the file and its length."""
+        """Append the frames; show the file in the UI."""
         current = _WRITERS.get(stream_id)
         if current is not None and current.settings != (filename_prefix, fps):
             _close(stream_id)  # finish the old file properly before starting the new one
         state = _WRITERS.get_or_create(stream_id, (filename_prefix, fps), lambda: _StreamFile(filename_prefix, fps))
         state.writer.write(image_to_video(images))
-        text = f"{state.path}: {state.writer.frames} frames"
+        subfolder, filename = os.path.split(os.path.relpath(state.path, host.output_directory()))
         if finish:
             _close(stream_id)
-        return {"ui": {"text": [text]}}
+        # the shape of core SaveVideo's result, so the UI previews the growing file
+        return {"ui": {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}],
+                       "animated": (True,)}}
 
 
 NODE_CLASS_MAPPINGS = {"StreamVACESaveStream": StreamVACESaveStream}

@@ -14,6 +14,7 @@ from ..models.stream_session import TIMINGS, Control, StreamSession
 from ..models.vace_context import pixel_frame_start
 from ..models.wan_checkpoint import load_wan_model
 from . import host
+from .model_cache import cached, file_key
 from .convert import image_to_video, mask_to_video
 from .streams import registry
 
@@ -50,10 +51,17 @@ class StreamVACEModelLoader:
     def load(self, model_name, vace_module, dtype, attention, lora=None):
         """Read and build the model on ComfyUI's device."""
         attention_backends.set_backend(attention)
+        path = host.model_path("diffusion_models", model_name)
         vace_path = None if vace_module == "none" else host.model_path("diffusion_models", vace_module)
-        model = load_wan_model(host.model_path("diffusion_models", model_name), vace_path=vace_path,
-                               loras=lora or (), dtype=DTYPES[dtype], device=host.torch_device())
-        return (model,)
+        loras, device = tuple(lora or ()), host.torch_device()
+        key = ("wan", file_key(path, vace_path, *(p for p, _ in loras)), vace_path, loras, dtype, str(device))
+
+        def load():
+            model = load_wan_model(path, vace_path=vace_path, loras=loras, dtype=DTYPES[dtype], device=device)
+            model.streamvace_key = key  # streams follow the weights, not the Python object
+            return model
+
+        return (cached(key, load),)
 
 
 class StreamVACELora:
@@ -155,7 +163,7 @@ class StreamVACESampler:
         return float("nan")
 
     @classmethod
-    def VALIDATE_INPUTS(cls, steps, **kwargs):
+    def VALIDATE_INPUTS(cls, steps):  # naming only `steps` keeps ComfyUI's own range checks on the other inputs
         """Reject a steps string that is not a decreasing list of numbers in (0, 1000]."""
         try:
             values = [float(s) for s in steps.split(",")]
@@ -173,15 +181,23 @@ class StreamVACESampler:
         streams = registry("wan")
         if reset:
             streams.reset(stream_id)
-        session = streams.get_or_create(stream_id, (id(model), config), lambda: StreamSession(model, config, vae))
+        model_key = getattr(model, "streamvace_key", id(model))
+        session = streams.get_or_create(stream_id, (model_key, config), lambda: StreamSession(model, config, vae))
+        session.use_model(model)
         session.use_vae(vae)
         session.set_prompt(positive[0][0])
         progress = host.Progress(chunks * (len(step_list) + 1))
-        first_chunk = session.chunks_done
+        first_frame = session.stream.frames_done
         latents = session.generate(chunks, control or (), on_step=lambda i, n: progress.update(1))
-        out = latents_to_comfy(latents)
-        out["stream_chunk"] = first_chunk  # lets a streaming decoder restart in step with the sampler
-        return (out,)
+        # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills
+        # in chunks that a failed or interrupted run generated but never delivered (see stream_latents)
+        return ({**latents_to_comfy(latents), "stream_id": stream_id, "stream_frame": first_frame},)
+
+
+def stream_latents(stream_id: str, start: int, end: int):
+    """Normalised latents of latent frames [start, end) of a sampler stream, or None if no longer held."""
+    session = registry("wan").get(stream_id)
+    return None if session is None else session.stream.clean_latents(start, end)
 
 
 class StreamVACEChunkFrames:

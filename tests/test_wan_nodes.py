@@ -55,7 +55,7 @@ def test_queued_runs_continue_one_stream(models_dir):
                 cache_policy="longlive", steps="1000,750,500,250", warp_steps=True, vae=vae, control=control)
     runs = [sampler.sample(**args)[0] for _ in range(3)]
     frames = [decoder.decode(vae, latent, "s", False)[0] for latent in runs]
-    assert [r["stream_chunk"] for r in runs] == [0, 1, 2]
+    assert [r["stream_frame"] for r in runs] == [0, 3, 6] and runs[0]["stream_id"] == "s"
     assert [f.shape[0] for f in frames] == [9, 12, 12] and frames[0].shape[1:] == (H, W, 3)
 
     session = StreamSession(load_wan_model(str(models_dir / "diffusion_models" / "wan_t2v_tiny.safetensors"),
@@ -67,7 +67,7 @@ def test_queued_runs_continue_one_stream(models_dir):
     assert ((got - expected).norm() / expected.norm()) <= 1e-5
 
     restarted = sampler.sample(**{**args, "reset": True})[0]
-    assert restarted["stream_chunk"] == 0 and torch.equal(restarted["samples"], runs[0]["samples"])
+    assert restarted["stream_frame"] == 0 and torch.equal(restarted["samples"], runs[0]["samples"])
     assert decoder.decode(vae, restarted, "s", False)[0].shape[0] == 9  # the decoder follows the restart
 
 
@@ -76,9 +76,9 @@ def test_changing_the_size_restarts_the_stream(models_dir):
     sampler = NODES["StreamVACESampler"]()
     args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="s", reset=False, width=W,
                 height=H, chunks=2, seed=0, cache_policy="motionstream", steps="1000,500", warp_steps=False)
-    assert sampler.sample(**args)[0]["stream_chunk"] == 0
-    assert sampler.sample(**args)[0]["stream_chunk"] == 2
-    assert sampler.sample(**{**args, "width": 64})[0]["stream_chunk"] == 0
+    assert sampler.sample(**args)[0]["stream_frame"] == 0
+    assert sampler.sample(**args)[0]["stream_frame"] == 6
+    assert sampler.sample(**{**args, "width": 64})[0]["stream_frame"] == 0
 
 
 def test_sampler_validates_steps():
@@ -104,7 +104,21 @@ def test_chunk_frames_follow_the_sampler_and_the_stream_saves_to_one_file(models
         control = NODES["StreamVACEControl"]().build(1.0, "call", control_video=frames)[0]
         latent = sampler.sample(**args, control=control)[0]
         report = saver.save(decoder.decode(vae, latent, "live", False)[0], "live", "clips/live", 16.0, run == 2)
-    assert report["ui"]["text"][0].endswith("33 frames")
+    assert report["ui"]["images"] == [{"filename": "live_00001.mp4", "subfolder": "clips", "type": "output"}]
     with av.open(str(tmp_path / "output" / "clips" / "live_00001.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 33
     assert cut.cut(source, "live", 2, True)[0].shape[0] == 21  # reset: from the start, 9 + 12 frames
+
+
+def test_decoder_fills_in_chunks_a_failed_run_never_delivered(models_dir):
+    model, vae = _load(models_dir)
+    sampler, decoder = NODES["StreamVACESampler"](), NODES["StreamVACEVAEDecodeStream"]()
+    args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="g", reset=False, width=W,
+                height=H, chunks=1, seed=5, cache_policy="longlive", steps="1000,500", warp_steps=True)
+    runs = [sampler.sample(**args)[0] for _ in range(3)]
+    expected = [decoder.decode(vae, latent, "reference", False)[0] for latent in runs]
+    sampler.sample(**{**args, "reset": True})  # the same stream again ...
+    decoder.decode(vae, runs[0], "d", False)
+    sampler.sample(**args)  # ... whose second run failed before its decoder ran
+    filled = decoder.decode(vae, sampler.sample(**args)[0], "d", False)[0]
+    assert filled.shape[0] == 24 and torch.allclose(filled, torch.cat(expected[1:]), atol=1e-5)
