@@ -19,7 +19,11 @@ import torch
 
 from streamvace.models.kv_cache import cache_policy
 from streamvace.models.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.stream_session import Control, StreamSession
+from streamvace.models.tiny_vae import TinyVAE
+from streamvace.models.vace_reference import VaceReference
 from streamvace.models.wan_dit import WanConfig, WanDiT
+from streamvace.models.wan_vae import WanVAE, WanVAEConfig
 
 FULL = WanConfig(num_vace_blocks=15)  # Wan2.1-VACE-1.3B: dim 1536, 30 blocks, 15 VACE blocks
 SMOKE = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, num_vace_blocks=2)
@@ -42,7 +46,10 @@ def time_stream(model, height, width, vace, warmup, chunks, policy):
     stream = WanStream(model, StreamConfig(height=height, width=width, policy=cache_policy(policy), seed=1))
     stream.set_prompt(torch.randn(1, 512, model.config.text_dim, device=device, dtype=dtype))
     context = torch.randn(1, model.config.vace_in_dim, 3, height // 8, width // 8, device=device)
-    controls = [VaceInput(context, 1.0)] if vace else ()
+    reference = None
+    if vace == "reference":  # two reference images in the VACE branch, their K/V computed once
+        reference = VaceReference(stream, torch.randn(1, model.config.in_dim, 2, height // 8, width // 8, device=device))
+    controls = [VaceInput(context, 1.0, reference)] if vace else ()
     for _ in range(warmup):
         stream.next_chunk(controls)
     cuda = device.type == "cuda"
@@ -84,6 +91,33 @@ def time_stream(model, height, width, vace, warmup, chunks, policy):
     }
 
 
+def time_end_to_end(model, height, width, encoder, chunks, smoke):
+    """Wall-clock ms per chunk of what a user gets: VACE control frames (CPU) -> dual VAE encode -> DiT -> tiny-VAE
+    decode -> frames on the CPU. Host copies of frames are part of it, so there is no sync check here."""
+    device, dtype = model.head.head.weight.device, model.dtype
+    with torch.device(device):
+        tiny = (TinyVAE(encoder_width=8, decoder_widths=(16, 8, 8, 8)) if smoke else TinyVAE()).to(dtype).eval()
+        wan = (WanVAE(WanVAEConfig(dim=8)) if smoke else WanVAE()).to(dtype).eval() if encoder == "wan" else tiny
+    session = StreamSession(model, StreamConfig(height=height, width=width, seed=1), wan)
+    session.set_prompt(torch.randn(1, 512, model.config.text_dim))
+    video = torch.rand(3, 9 + 12 * (chunks + 4), height, width) * 2 - 1
+    control = [Control(frames=video)]
+    decoder = tiny.new_decoder_cache()
+    times = []
+    for i in range(chunks + 4):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            frames = tiny.decode(session.generate(1, control), decoder).float().cpu()
+        times.append((time.perf_counter() - t0) * 1000)
+    ms = sorted(times[4:])
+    mean = sum(ms) / len(ms)
+    return {"height": height, "width": width, "control_encoder": encoder, "decoder": "taew2_1",
+            "end_to_end_ms_per_chunk_mean": round(mean, 2), "end_to_end_ms_p50": round(ms[len(ms) // 2], 2),
+            "frames_per_chunk": int(frames.shape[2]), "end_to_end_fps": round(frames.shape[2] / (mean / 1000), 2)}
+
+
 def main(argv=None) -> int:
     """Run the benchmark grid and write results.json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,9 +142,13 @@ def main(argv=None) -> int:
         "steps": "4 warped + t=0 cache pass", "compiled": args.compile, "runs": [],
     }
     for height, width in sizes:
-        for vace in (False, True):
+        for vace in (False, True, "reference"):
             run = time_stream(model, height, width, vace, warmup=8 if args.compile else 5, chunks=2 if args.smoke else args.chunks,
                               policy=args.policy)
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+        for encoder in ("tiny", "wan"):
+            run = time_end_to_end(model, height, width, encoder, 2 if args.smoke else args.chunks, args.smoke)
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
     os.makedirs(args.out, exist_ok=True)

@@ -9,7 +9,7 @@ from streamvace.models.sampler import chunk_seed
 from streamvace.models.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.vace_reference import VaceReference
 
-from wan_tiny import TEXT_DIM, reference_generation, tiny_model
+from wan_tiny import DEVICE, TEXT_DIM, reference_generation, tiny_model
 
 HEIGHT, WIDTH = 32, 48  # latent 4 x 6, 2 x 3 = 6 tokens per frame
 CHUNKS = 5
@@ -22,8 +22,8 @@ def rel_err(a, b):
 def stream_noises(config, shape, chunks):
     noises = []
     for c in range(chunks):
-        g = torch.Generator().manual_seed(chunk_seed(config.seed, c))
-        noises.append([torch.randn(shape, generator=g) for _ in config.steps])
+        g = torch.Generator(DEVICE).manual_seed(chunk_seed(config.seed, c))  # the stream draws on its device
+        noises.append([torch.randn(shape, generator=g, device=DEVICE) for _ in config.steps])
     return noises
 
 

@@ -1,5 +1,10 @@
 """Tiny random Wan DiT (+VACE) models in the real key layout, and the reference full-sequence generation
-that the streaming engine must reproduce."""
+that the streaming engine must reproduce.
+
+STREAMVACE_TEST_DEVICE=cuda runs the models (and so the streaming tests) on a GPU; the default is the CPU.
+"""
+
+import os
 
 import torch
 
@@ -13,6 +18,7 @@ from streamvace.models.wan_dit import WanConfig, WanDiT
 # 2 heads of 128 (Wan's head size, so WanConfig.from_state_dict reads the real head count back), 4 blocks.
 TINY = dict(dim=256, ffn_dim=384, num_heads=2, num_layers=4, text_dim=64, freq_dim=32)
 TEXT_DIM = TINY["text_dim"]
+DEVICE = torch.device(os.environ.get("STREAMVACE_TEST_DEVICE", "cpu"))
 
 
 def tiny_model(vace: bool = False, seed: int = 0, dtype=torch.float32) -> WanDiT:
@@ -25,7 +31,7 @@ def tiny_model(vace: bool = False, seed: int = 0, dtype=torch.float32) -> WanDiT
                 param.normal_(0, 1.0 / param.shape[1] ** 0.5 if param.ndim == 2 else 0.05)
             elif name.endswith("bias"):
                 param.normal_(0, 0.02)
-    return model.to(dtype)
+    return model.to(device=DEVICE, dtype=dtype)
 
 
 def frame_mask(policy: CachePolicy, chunk_frames: int, total_frames: int, tokens_per_frame: int,
@@ -38,7 +44,7 @@ def frame_mask(policy: CachePolicy, chunk_frames: int, total_frames: int, tokens
         if not chunk_local:
             for past in policy.visible_past(start):
                 frames[rows, past] = True
-    return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+    return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1).to(DEVICE)
 
 
 def reference_generation(model, text, sigmas, noises, policy, chunk_frames, contexts=None, scales=None,
@@ -63,12 +69,12 @@ def reference_generation(model, text, sigmas, noises, policy, chunk_frames, cont
 def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts, scales, chunk, hints_in_past):
     latents = torch.cat(clean + [x], dim=2)
     batch, total = latents.shape[0], latents.shape[2]
-    timesteps = torch.zeros(batch, total)
+    timesteps = torch.zeros(batch, total, device=latents.device)
     timesteps[:, total - x.shape[2]:] = model_timestep(sigma)
     grid = model.token_grid(latents.shape)
     per_frame = grid[1] * grid[2]
-    rope = RotaryTable.for_grid(model.config.head_dim, 0, *grid)
-    text_base, text_vace = model.text_kv(text)
+    rope = RotaryTable.for_grid(model.config.head_dim, 0, *grid, device=latents.device)
+    text_base, text_vace = model.text_kv(text.to(latents.device))
     e, e0 = model.embed_time(timesteps)
     tokens = model.patchify(latents)
     hints = None
@@ -77,11 +83,11 @@ def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts
         attends = [lambda q, k, v: attention(q, k, v, vace_mask)] * len(model.vace_blocks)
         per_context = []
         for ctx in contexts:
-            ctx_tokens = model.patchify(ctx[:, :, :total], model.vace_patch_embedding)
+            ctx_tokens = model.patchify(ctx[:, :, :total].to(latents.device), model.vace_patch_embedding)
             per_context.append(vace_hints(model.vace_blocks, ctx_tokens, tokens, e0, text_vace, rope, attends))
         hints = combine_hints(per_context, scales)
         if not hints_in_past:  # the clean cache pass ran without hints: past frames got none
-            keep = torch.zeros(1, total * per_frame, 1)
+            keep = torch.zeros(1, total * per_frame, 1, device=latents.device)
             keep[:, (total - x.shape[2]) * per_frame:] = 1
             hints = [h * keep for h in hints]
     mask = frame_mask(policy, chunk_frames, total, per_frame)
