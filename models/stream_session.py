@@ -124,9 +124,9 @@ class StreamSession:
             start = pixel_frame_start(chunk, c.chunk_frames) - (call_start if control.timing == "call" else 0)
             frames = mask = None
             if control.frames is not None:
-                frames = fit_video(_window(control.frames, start, length), c.height, c.width)
+                frames = fit_video(_window(control.frames, start, length).to(self.stream.device), c.height, c.width)
             if control.mask is not None:
-                mask = fit_video(_window(control.mask, start, length), c.height, c.width)
+                mask = fit_video(_window(control.mask, start, length).to(self.stream.device), c.height, c.width)
             first = control.first_frame if chunk == 0 else None
             last = control.last_frame if last_in_call else None
             if first is not None or last is not None:
