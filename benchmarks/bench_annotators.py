@@ -21,7 +21,8 @@ import torch
 from streamvace.annotators.depth import DepthAnnotator
 from streamvace.annotators.flow import FlowAnnotator
 from streamvace.annotators.gray import GrayAnnotator
-from streamvace.annotators.layout import LayoutAnnotator, draw_mask_contours
+from streamvace.annotators.layout import LayoutAnnotator
+from streamvace.annotators.mask_outline import draw_mask_contours
 from streamvace.annotators.line_model import LineDrawingNet
 from streamvace.annotators.masks import adjust_masks
 from streamvace.annotators.pose import PoseAnnotator
