@@ -1,10 +1,13 @@
 """Pose control frames: a person detector (transformers RT-DETR) + ViTPose (transformers VitPoseForPoseEstimation),
 top-down, several people, drawn as VACE's OpenPose-18 body (+ face when the pose model has COCO-WholeBody's 133
-keypoints) on black (annotators/pose_render.py).
+keypoints) on black.
 
-Everything up to the keypoints runs batched on the model's device for the whole chunk with static shapes: the
-detector keeps the `max_people` best person queries per frame, every frame gets that many crops, and people below
-`detection_threshold` are simply not drawn. Pre/post-processing follows transformers' RT-DETR and ViTPose processors
+Everything runs batched on the model's device for the whole chunk with static shapes: the detector keeps the
+`max_people` best person queries per frame, every frame gets that many crops (one ViTPose call for all of them),
+and people below `detection_threshold` are simply not drawn. The drawing (`renderer`) runs on the GPU with no host
+sync (annotators/pose_raster.py: >= 98 % of pixels identical to VACE's OpenCV drawing, the rest on limb outlines),
+or on CPU threads with OpenCV, exactly as VACE draws (annotators/pose_render.py); "auto" picks the GPU drawing when
+the models run on CUDA. Pre/post-processing follows transformers' RT-DETR and ViTPose processors
 (640x640 detector input; 1.25-padded boxes warped to 256x192; heatmap argmax + DARK refinement) on the GPU.
 Poses carry no state between frames, so chunked annotation equals whole-clip annotation.
 """
@@ -15,10 +18,12 @@ from torch.nn import functional as F
 
 from .cpu import map_frames
 from .frames import from_images, normalize_imagenet, to_images
+from .pose_raster import render_pose_frames
 from .pose_render import COLOR_ORDERS, FACE_SLICE, coco_to_openpose, render_pose_frame
 from .weights import load_hf_model
 
 DETECTOR_TYPES = ("rt_detr", "rt_detr_v2")
+RENDERERS = ("auto", "torch", "opencv")
 
 
 def load_pose_model(path: str, device="cpu", dtype=torch.float32):
@@ -151,15 +156,18 @@ class PoseAnnotator:
 
     def __init__(self, pose_model, detector, max_people: int = 8, detection_threshold: float = 0.3,
                  draw_face: bool = True, color_order: str = "vace", draw_resolution: int = 1024,
-                 dataset_index: int = 0):
+                 dataset_index: int = 0, renderer: str = "auto"):
         if color_order not in COLOR_ORDERS:
             raise ValueError(f"pose color_order must be one of {COLOR_ORDERS}, got {color_order!r}")
+        if renderer not in RENDERERS:
+            raise ValueError(f"pose renderer must be one of {RENDERERS}, got {renderer!r}")
         if max_people < 1:
             raise ValueError(f"max_people must be at least 1, got {max_people}")
         self.pose_model, self.detector = pose_model, detector
         self.person = person_label(detector.config)
         self.max_people, self.threshold = int(max_people), float(detection_threshold)
         self.draw_face, self.color_order, self.draw_resolution = draw_face, color_order, int(draw_resolution)
+        self.renderer = renderer
         experts = getattr(pose_model.config.backbone_config, "num_experts", 1)
         self.dataset_index = int(dataset_index) if experts > 1 else None
         self.crop_height, self.crop_width = pose_model.config.backbone_config.image_size
@@ -190,19 +198,28 @@ class PoseAnnotator:
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
         """[3, T, H, W] in [-1, 1] -> pose frames [3, T, H, W] in [-1, 1] (skeletons on black)."""
         images = to_images(video)
-        height, width = images.shape[-2:]
         keypoints, scores, person_scores = self.keypoints(images)
-        keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()  # one transfer per chunk for drawing
-        present = (person_scores > self.threshold).cpu().numpy()
+        pose = self.draw(keypoints, scores, person_scores > self.threshold, *images.shape[-2:])
+        return from_images(pose.to(video.device))
+
+    def draw(self, keypoints: torch.Tensor, scores: torch.Tensor, present: torch.Tensor, height: int,
+             width: int) -> torch.Tensor:
+        """Keypoints [T, K, J, 2] (pixels), scores [T, K, J], people present [T, K] -> images [T, 3, H, W] in [0, 1].
+
+        The torch renderer leaves them on the keypoints' device; the OpenCV one returns them on the CPU.
+        """
+        if self.renderer == "torch" or (self.renderer == "auto" and keypoints.is_cuda):
+            return render_pose_frames(keypoints, scores, present, height, width, self.draw_face, self.color_order,
+                                      self.draw_resolution)
+        keypoints, scores, present = keypoints.cpu().numpy(), scores.cpu().numpy(), present.cpu().numpy()
         wholebody = keypoints.shape[2] == 133 and self.draw_face
 
-        def draw(points, point_scores, keep):
+        def draw_frame(points, point_scores, keep):
             body, body_scores = coco_to_openpose(points[keep, :17], point_scores[keep, :17])
             face = points[keep, FACE_SLICE] if wholebody else None
             face_scores = point_scores[keep, FACE_SLICE] if wholebody else None
             return render_pose_frame(height, width, body, body_scores, face, face_scores, self.color_order,
                                      self.draw_resolution)
 
-        drawn = np.stack(map_frames(draw, keypoints, scores, present))
-        pose = torch.from_numpy(drawn).to(video.device).permute(0, 3, 1, 2).float() / 255.0
-        return from_images(pose)
+        drawn = np.stack(map_frames(draw_frame, keypoints, scores, present))  # one transfer per chunk
+        return torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 255.0

@@ -1,5 +1,5 @@
 """Mask outlines (VACE layout_track) drawn by morphology match OpenCV's findContours + drawContours, the way VACE's
-LayoutMaskAnnotator draws them: the GPU path (torch sweeps, run here on the CPU) and the CPU path (OpenCV flood fill)."""
+LayoutMaskAnnotator draws them: the GPU path (torch, run here on the CPU) and the CPU path (OpenCV flood fill)."""
 
 import cv2
 import numpy as np
