@@ -8,8 +8,8 @@ by design). Targets (issue 4): every annotator >= 60 fps at 480x832 on an H100, 
 
 Inputs: the sample clip (a moving square); masks are object-like (a ring with a hole and a disc, moving, as SAM2
 gives them), plus `mask_contours_noise` on salt noise (30 % of pixels) for the worst case of VACE's per-contour
-drawing. Pose runs 8 people per frame with random weights; its `_keypoints_only` and `_drawing_only_*` rows split
-the time between the models and the drawing (8 synthetic standing people; the torch renderer's work does not depend
+drawing. Pose runs 8 people per frame with random weights (`_detect_every_3`: the detector on every third frame);
+its `_keypoints_only` and `_drawing_only_*` rows split the time between the models and the drawing (8 synthetic standing people; the torch renderer's work does not depend
 on the poses, OpenCV's grows with the limbs drawn).
 
     python benchmarks/bench_annotators.py --out DIR      # on a GPU
@@ -167,6 +167,8 @@ def annotators(height, width, frames, device, dtype, full):
                                        resolution=518 if full else 70), False),
         ("pose_vitpose_b_rtdetr_r50", PoseAnnotator(pose, detector, **pose_args), False),
         ("pose_vitpose_b_rtdetr_r50_opencv_drawing", drawing["opencv"], True),
+        ("pose_vitpose_b_rtdetr_r50_detect_every_3", PoseAnnotator(pose, detector, detect_every=3, **pose_args),
+         False),
         ("pose_vitpose_b_rtdetr_r50_keypoints_only", lambda chunk: drawing["torch"].keypoints(to_images(chunk)),
          False),
         ("pose_vitpose_b_rtdetr_r50_drawing_only_torch",

@@ -74,18 +74,20 @@ class StreamVACEPose:
                             "frames; openpose: the OpenPose / controlnet_aux palette."}),
         }, "optional": {
             "renderer": (list(RENDERERS), {"default": "auto", "tooltip": "torch: drawn on the GPU, no CPU round "
-                         "trip (>= 98% of pixels identical to VACE's drawing, the rest on limb edges); opencv: "
+                         "trip (over 99% of pixels identical to VACE's drawing, the rest on limb edges); opencv: "
                          "VACE's exact drawing on CPU threads; auto: torch when the models run on a GPU."}),
+            "detect_every": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Run the person detector on "
+                             "every N-th frame of a chunk and reuse its boxes in between (faster; 1: every frame)."}),
         }}
 
     def annotate(self, image, pose_model, detector, max_people, detection_threshold, draw_face, color_order,
-                 renderer="auto"):
+                 renderer="auto", detect_every=1):
         """Pose frames for this chunk."""
         pose = cached_model(load_pose_model, model_path(POSE_FOLDER, pose_model, "a ViTPose transformers folder"))
         people = cached_model(load_person_detector, model_path(DETECTION_FOLDER, detector,
                                                                "an RT-DETR transformers folder"))
         annotator = PoseAnnotator(pose, people, max_people, detection_threshold, draw_face, color_order,
-                                  renderer=renderer)
+                                  renderer=renderer, detect_every=detect_every)
         return (video_to_image(annotator(on_device(image_to_video(image)))),)
 
 
