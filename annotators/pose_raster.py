@@ -96,7 +96,7 @@ def _draw_limbs(canvas, centre_x, centre_y, semi_major, angle, keys, valid):
     """Filled ellipses (VACE's limbs): integer centres, semi-axes (semi_major, 4), angles in degrees, all [T, E]."""
     device = centre_x.device
     frames, count = centre_x.shape
-    steps = max(canvas.shape[1:])
+    steps = max(canvas.shape[1:]) + 2
     radians = torch.deg2rad(angle.float())
     cos, sin = torch.cos(radians), torch.sin(radians)
     a2, b2 = semi_major.float().clamp(min=0.01) ** 2, float(STICK_WIDTH) ** 2
@@ -107,7 +107,8 @@ def _draw_limbs(canvas, centre_x, centre_y, semi_major, angle, keys, valid):
     centre_p = torch.where(steep, centre_y, centre_x).float()  # along the walk
     centre_q = torch.where(steep, centre_x, centre_y).float()  # across it
     chord_slope = torch.where(steep, -q_xy / q_xx, -q_xy / q_yy)  # where each row's / column's chord is centred
-    start, span = torch.floor(centre_p - extent - 1), 2 * extent + 3
+    # walk from the limb's first row / column on the canvas (a limb may reach far outside it)
+    start, end = torch.floor(centre_p - extent - 1).clamp(min=-1), centre_p + extent + 2
     frame_index = torch.arange(frames, device=device).view(frames, 1, 1, 1)
     step = torch.arange(steps, device=device, dtype=torch.float32).view(1, 1, -1, 1)
     across = torch.arange(CROSS_PIXELS, device=device, dtype=torch.float32) - CROSS_PIXELS // 2
@@ -127,7 +128,7 @@ def _draw_limbs(canvas, centre_x, centre_y, semi_major, angle, keys, valid):
         grad_x, grad_y = grad_u * c - grad_v * s, grad_u * s + grad_v * c
         # OpenCV's 8-connected outline adds half a pixel along the axis nearest the normal (an L1 ball of radius 1/2)
         inside = radius - 1 <= 0.5 * torch.maximum(grad_x.abs(), grad_y.abs())
-        inside = inside & (step < part(span)) & part(valid)
+        inside = inside & (p < part(end)) & part(valid)
         _scatter_keys(canvas, frame_index, ys.long(), xs.long(), part(keys).expand_as(xs), inside)
 
 

@@ -95,6 +95,8 @@ def test_joints_and_face_dots_are_exact_on_the_canvas(fixture):
 def test_limbs_differ_only_on_their_outline_on_the_canvas():
     keypoints, scores = eight_people(seed=1)
     scores[:] = 0.9
+    keypoints[0, [5, 7, 9]] = [[-2000, 300], [600, 200], [700, 150]]  # an arm reaching in from far outside
+    keypoints[1, [6, 8, 10]] = [[700, -500], [760, 200], [1600, 900]]
     ours, reference = torch_frame(480, 832, keypoints, scores, resolution=0), opencv_frame(480, 832, keypoints,
                                                                                           scores, resolution=0)
     differs = (ours != reference).any(-1)
