@@ -1,10 +1,9 @@
 """Layout / trajectory control frames: boxes or mask outlines on white, as VACE's layout tasks draw them.
 
 VACE's LayoutBboxAnnotator draws a 2-px rectangle (black by default) on a white frame, moving linearly from a start
-box to an end box; LayoutMaskAnnotator / LayoutTrackAnnotator draw each mask's outer contour, 3 px, on white
-(annotators/mask_outline.py).
-This is the training-free trajectory / drag control: a trajectory (points drawn in the UI or from a tracker)
-becomes a box of `box_size` pixels centred on the point.
+box to an end box; LayoutMaskAnnotator / LayoutTrackAnnotator draw each mask's outer contour (drawContours
+thickness 3) on white (annotators/mask_outline.py). This is the training-free trajectory / drag control: a
+trajectory (points drawn in the UI or from a tracker) becomes a box of `box_size` pixels centred on the point.
 
 Layout JSON (pixel coordinates of the output frame):
 - one moving box: {"boxes": [[x0, y0, x1, y1], ...keyframes], "color": [r, g, b]} (colour optional, 0..255);

@@ -9,8 +9,8 @@ by design). Targets (issue 4): every annotator >= 60 fps at 480x832 on an H100, 
 Inputs: the sample clip (a moving square); masks are object-like (a ring with a hole and a disc, moving, as SAM2
 gives them), plus `mask_contours_noise` on salt noise (30 % of pixels) for the worst case of VACE's per-contour
 drawing. Pose runs 8 people per frame with random weights (`_detect_every_3`: the detector on every third frame);
-its `_keypoints_only` and `_drawing_only_*` rows split the time between the models and the drawing (8 synthetic standing people; the torch renderer's work does not depend
-on the poses, OpenCV's grows with the limbs drawn).
+its `_keypoints_only` and `_drawing_only_*` rows split the time between the models and the drawing (8 synthetic
+standing people; the torch renderer's work does not depend on the poses, OpenCV's grows with the limbs drawn).
 
     python benchmarks/bench_annotators.py --out DIR      # on a GPU
     python benchmarks/bench_annotators.py --smoke        # tiny models on the CPU, to check the script
@@ -26,12 +26,12 @@ import time
 import torch
 
 from streamvace.annotators.depth import DepthAnnotator
-from streamvace.annotators.frames import to_images
 from streamvace.annotators.flow import FlowAnnotator
+from streamvace.annotators.frames import to_images
 from streamvace.annotators.gray import GrayAnnotator
 from streamvace.annotators.layout import LayoutAnnotator
-from streamvace.annotators.mask_outline import draw_mask_contours
 from streamvace.annotators.line_model import LineDrawingNet
+from streamvace.annotators.mask_outline import draw_mask_contours
 from streamvace.annotators.masks import adjust_masks
 from streamvace.annotators.pose import PoseAnnotator
 from streamvace.annotators.sam2_checkpoint import sam2_video_config
