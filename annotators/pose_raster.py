@@ -97,6 +97,7 @@ def _draw_limbs(canvas, centre_x, centre_y, semi_major, angle, keys, valid):
     device = centre_x.device
     frames, count = centre_x.shape
     steps = max(canvas.shape[1:]) + 2
+    centre_x, centre_y = centre_x.float(), centre_y.float()  # integers: exact in float32
     radians = torch.deg2rad(angle.float())
     cos, sin = torch.cos(radians), torch.sin(radians)
     a2, b2 = semi_major.float().clamp(min=0.01) ** 2, float(STICK_WIDTH) ** 2
@@ -104,8 +105,8 @@ def _draw_limbs(canvas, centre_x, centre_y, semi_major, angle, keys, valid):
     q_xx, q_yy, q_xy = cos * cos / a2 + sin * sin / b2, sin * sin / a2 + cos * cos / b2, cos * sin * (1 / a2 - 1 / b2)
     steep = sin.abs() > cos.abs()  # steep limbs are walked row by row, the others column by column
     extent = torch.sqrt(torch.where(steep, a2 * sin * sin + b2 * cos * cos, a2 * cos * cos + b2 * sin * sin))
-    centre_p = torch.where(steep, centre_y, centre_x).float()  # along the walk
-    centre_q = torch.where(steep, centre_x, centre_y).float()  # across it
+    centre_p = torch.where(steep, centre_y, centre_x)  # along the walk
+    centre_q = torch.where(steep, centre_x, centre_y)  # across it
     chord_slope = torch.where(steep, -q_xy / q_xx, -q_xy / q_yy)  # where each row's / column's chord is centred
     # walk from the limb's first row / column on the canvas (a limb may reach far outside it)
     start, end = torch.floor(centre_p - extent - 1).clamp(min=-1), centre_p + extent + 2
