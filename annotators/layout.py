@@ -1,9 +1,9 @@
 """Layout / trajectory control frames: boxes or mask outlines on white, as VACE's layout tasks draw them.
 
 VACE's LayoutBboxAnnotator draws a 2-px rectangle (black by default) on a white frame, moving linearly from a start
-box to an end box; LayoutMaskAnnotator / LayoutTrackAnnotator draw each mask's outer contour, 3 px, on white.
-This is the training-free trajectory / drag control: a trajectory (points drawn in the UI or from a tracker)
-becomes a box of `box_size` pixels centred on the point.
+box to an end box; LayoutMaskAnnotator / LayoutTrackAnnotator draw each mask's outer contour (drawContours
+thickness 3) on white (annotators/mask_outline.py). This is the training-free trajectory / drag control: a
+trajectory (points drawn in the UI or from a tracker) becomes a box of `box_size` pixels centred on the point.
 
 Layout JSON (pixel coordinates of the output frame):
 - one moving box: {"boxes": [[x0, y0, x1, y1], ...keyframes], "color": [r, g, b]} (colour optional, 0..255);
@@ -16,12 +16,10 @@ interpolated linearly; after the last frame an object stays where it ended. The 
 
 import json
 
-import cv2
 import numpy as np
 import torch
 
-from .cpu import map_frames
-from .frames import check_masks, check_size
+from .frames import check_size
 
 
 class LayoutError(ValueError):
@@ -118,21 +116,6 @@ def draw_box_outlines(boxes: torch.Tensor, colors: torch.Tensor, height: int, wi
     for index in range(boxes.shape[1]):  # objects, not frames: a handful at most
         canvas = torch.where(painted[:, index, None], colors[index].view(1, 3, 1, 1).to(device), canvas)
     return canvas
-
-
-def draw_mask_contours(masks: torch.Tensor, color=(0.0, 0.0, 0.0), thickness: int = 3) -> torch.Tensor:
-    """Masks [1, T, H, W] -> images [T, 3, H, W] in [0, 1]: each mask's outer contours on white (VACE layout_track)."""
-    check_masks(masks)
-    binary = (masks[0] > 0.5).to(torch.uint8).cpu().numpy()
-    bgr = tuple(255.0 * c for c in color)
-
-    def outline(mask):
-        canvas = np.full((*mask.shape, 3), 255, dtype=np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        return cv2.drawContours(canvas, contours, -1, bgr, thickness=thickness)
-
-    frames = np.stack(map_frames(outline, binary))
-    return torch.from_numpy(frames).to(masks.device).permute(0, 3, 1, 2).float() / 255.0
 
 
 class LayoutAnnotator:

@@ -1,12 +1,20 @@
 """Pose control frames: a person detector (transformers RT-DETR) + ViTPose (transformers VitPoseForPoseEstimation),
 top-down, several people, drawn as VACE's OpenPose-18 body (+ face when the pose model has COCO-WholeBody's 133
-keypoints) on black (annotators/pose_render.py).
+keypoints) on black.
 
-Everything up to the keypoints runs batched on the model's device for the whole chunk with static shapes: the
-detector keeps the `max_people` best person queries per frame, every frame gets that many crops, and people below
-`detection_threshold` are simply not drawn. Pre/post-processing follows transformers' RT-DETR and ViTPose processors
+Everything runs batched on the model's device for the whole chunk with static shapes: the detector keeps the
+`max_people` best person queries per frame, every frame gets that many crops (one ViTPose call for all of them),
+and people below `detection_threshold` are simply not drawn. The drawing (`renderer`) runs on the GPU with no host
+sync (annotators/pose_raster.py: over 99 % of pixels identical to VACE's OpenCV drawing, the rest on limb edges),
+or on CPU threads with OpenCV, exactly as VACE draws (annotators/pose_render.py); "auto" picks the GPU drawing when
+the models run on CUDA. Pre/post-processing follows transformers' RT-DETR and ViTPose processors
 (640x640 detector input; 1.25-padded boxes warped to 256x192; heatmap argmax + DARK refinement) on the GPU.
 Poses carry no state between frames, so chunked annotation equals whole-clip annotation.
+
+`detect_every` > 1 is a streaming approximation that saves detector time: the detector runs on every N-th frame
+of a chunk (starting with its first) and the frames in between reuse those person boxes, so a person moving
+further than the box's 25 % padding between detections is cropped off-centre or missed; 1 (the default) detects
+in every frame.
 """
 
 import numpy as np
@@ -15,10 +23,12 @@ from torch.nn import functional as F
 
 from .cpu import map_frames
 from .frames import from_images, normalize_imagenet, to_images
+from .pose_raster import render_pose_frames
 from .pose_render import COLOR_ORDERS, FACE_SLICE, coco_to_openpose, render_pose_frame
 from .weights import load_hf_model
 
 DETECTOR_TYPES = ("rt_detr", "rt_detr_v2")
+RENDERERS = ("auto", "torch", "opencv")
 
 
 def load_pose_model(path: str, device="cpu", dtype=torch.float32):
@@ -151,15 +161,20 @@ class PoseAnnotator:
 
     def __init__(self, pose_model, detector, max_people: int = 8, detection_threshold: float = 0.3,
                  draw_face: bool = True, color_order: str = "vace", draw_resolution: int = 1024,
-                 dataset_index: int = 0):
+                 dataset_index: int = 0, renderer: str = "auto", detect_every: int = 1):
         if color_order not in COLOR_ORDERS:
             raise ValueError(f"pose color_order must be one of {COLOR_ORDERS}, got {color_order!r}")
+        if renderer not in RENDERERS:
+            raise ValueError(f"pose renderer must be one of {RENDERERS}, got {renderer!r}")
         if max_people < 1:
             raise ValueError(f"max_people must be at least 1, got {max_people}")
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be at least 1 (1: detect people in every frame), got {detect_every}")
         self.pose_model, self.detector = pose_model, detector
         self.person = person_label(detector.config)
         self.max_people, self.threshold = int(max_people), float(detection_threshold)
         self.draw_face, self.color_order, self.draw_resolution = draw_face, color_order, int(draw_resolution)
+        self.renderer, self.detect_every = renderer, int(detect_every)
         experts = getattr(pose_model.config.backbone_config, "num_experts", 1)
         self.dataset_index = int(dataset_index) if experts > 1 else None
         self.crop_height, self.crop_width = pose_model.config.backbone_config.image_size
@@ -172,9 +187,13 @@ class PoseAnnotator:
         """Images [T, 3, H, W] in [0, 1] -> keypoints [T, K, J, 2] (pixels), scores [T, K, J], person scores [T, K]."""
         frames, height, width = images.shape[0], *images.shape[-2:]
         parameter = next(self.detector.parameters())
-        outputs = self.detector(pixel_values=detector_inputs(images.to(parameter.device)).to(parameter.dtype))
+        detected = images[::self.detect_every].to(parameter.device)
+        outputs = self.detector(pixel_values=detector_inputs(detected).to(parameter.dtype))
         boxes, person_scores = persons_from_outputs(outputs.logits, outputs.pred_boxes, self.person, height, width,
                                                     self.max_people)
+        if self.detect_every > 1:  # every frame takes the people found in the last detected frame
+            last_detected = torch.arange(frames, device=boxes.device) // self.detect_every
+            boxes, person_scores = boxes[last_detected], person_scores[last_detected]
         parameter = next(self.pose_model.parameters())
         crops = pose_crops(images.to(parameter.device), boxes.to(parameter.device), self.crop_height, self.crop_width)
         extra = {}
@@ -190,19 +209,28 @@ class PoseAnnotator:
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
         """[3, T, H, W] in [-1, 1] -> pose frames [3, T, H, W] in [-1, 1] (skeletons on black)."""
         images = to_images(video)
-        height, width = images.shape[-2:]
         keypoints, scores, person_scores = self.keypoints(images)
-        keypoints, scores = keypoints.cpu().numpy(), scores.cpu().numpy()  # one transfer per chunk for drawing
-        present = (person_scores > self.threshold).cpu().numpy()
+        pose = self.draw(keypoints, scores, person_scores > self.threshold, *images.shape[-2:])
+        return from_images(pose.to(video.device))
+
+    def draw(self, keypoints: torch.Tensor, scores: torch.Tensor, present: torch.Tensor, height: int,
+             width: int) -> torch.Tensor:
+        """Keypoints [T, K, J, 2] (pixels), scores [T, K, J], people present [T, K] -> images [T, 3, H, W] in [0, 1].
+
+        The torch renderer leaves them on the keypoints' device; the OpenCV one returns them on the CPU.
+        """
+        if self.renderer == "torch" or (self.renderer == "auto" and keypoints.is_cuda):
+            return render_pose_frames(keypoints, scores, present, height, width, self.draw_face, self.color_order,
+                                      self.draw_resolution)
+        keypoints, scores, present = keypoints.cpu().numpy(), scores.cpu().numpy(), present.cpu().numpy()
         wholebody = keypoints.shape[2] == 133 and self.draw_face
 
-        def draw(points, point_scores, keep):
+        def draw_frame(points, point_scores, keep):
             body, body_scores = coco_to_openpose(points[keep, :17], point_scores[keep, :17])
             face = points[keep, FACE_SLICE] if wholebody else None
             face_scores = point_scores[keep, FACE_SLICE] if wholebody else None
             return render_pose_frame(height, width, body, body_scores, face, face_scores, self.color_order,
                                      self.draw_resolution)
 
-        drawn = np.stack(map_frames(draw, keypoints, scores, present))
-        pose = torch.from_numpy(drawn).to(video.device).permute(0, 3, 1, 2).float() / 255.0
-        return from_images(pose)
+        drawn = np.stack(map_frames(draw_frame, keypoints, scores, present))  # one transfer per chunk
+        return torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 255.0

@@ -29,6 +29,7 @@ LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10)
 COLORS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
           (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
           (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
+DIMMED_COLORS = tuple(tuple(int(c * 0.6) for c in color) for color in COLORS)  # VACE's limbs: x0.6, truncated
 FACE_SLICE = slice(23, 91)  # the 68 face landmarks of COCO-WholeBody's 133 keypoints
 
 
@@ -52,7 +53,11 @@ def vace_canvas_size(height: int, width: int, resolution: int = 1024) -> tuple:
 
 
 def draw_body(canvas: np.ndarray, points: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Draw OpenPose-18 bodies (normalised [P, 18, 2] coordinates) on a uint8 canvas; returns the new canvas."""
+    """Draw OpenPose-18 bodies (normalised [P, 18, 2] coordinates) on a black uint8 canvas; returns the canvas.
+
+    VACE dims the limbs by drawing them, then scaling the canvas by 0.6 (truncated); on black that equals drawing
+    them in the dimmed colours directly, which skips two passes over the canvas.
+    """
     height, width = canvas.shape[:2]
     visible = scores > SCORE_THRESHOLD
     for limb, (a, b) in enumerate(LIMBS):
@@ -65,8 +70,7 @@ def draw_body(canvas: np.ndarray, points: np.ndarray, scores: np.ndarray) -> np.
             angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
             polygon = cv2.ellipse2Poly((int(np.mean(xs)), int(np.mean(ys))), (int(length / 2), STICK_WIDTH),
                                        int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, polygon, COLORS[limb])
-    canvas = (canvas * 0.6).astype(np.uint8)
+            cv2.fillConvexPoly(canvas, polygon, DIMMED_COLORS[limb])
     for joint in range(18):
         for person in range(len(points)):
             if visible[person, joint]:

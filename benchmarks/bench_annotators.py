@@ -1,13 +1,20 @@
 """GPU benchmark of every annotator, chunk by chunk, at 480x832 (full-size random weights, bf16).
 
 Each annotator gets `--warmup` chunks, then `--chunks` timed chunks of `--chunk-frames` frames (wall clock between
-torch.cuda.synchronize calls, so CPU work such as Farnebäck or pose drawing is included). Reported per annotator:
-ms per chunk and per frame, frames per second, peak GPU memory, and whether a chunk runs without a host sync
-(one chunk under torch.cuda.set_sync_debug_mode("error"); pose, flow, Canny and SAM2 sync by design).
-Targets (issue 4): every annotator >= 60 fps at 480x832 on an H100, SAM2 propagation >= 30 fps.
+torch.cuda.synchronize calls, so CPU work such as Farnebäck or OpenCV pose drawing is included). Reported per
+annotator: ms per chunk and per frame, frames per second, peak GPU memory, and whether a chunk runs without a host
+sync (one chunk under torch.cuda.set_sync_debug_mode("error"); flow, Canny, SAM2 and the OpenCV pose drawing sync
+by design). Targets (issue 4): every annotator >= 60 fps at 480x832 on an H100, SAM2 propagation >= 30 fps.
+
+Inputs: the sample clip (a moving square); masks are object-like (a ring with a hole and a disc, moving, as SAM2
+gives them), plus `mask_contours_noise` on salt noise (30 % of pixels) for the worst case of VACE's per-contour
+drawing. Pose runs 8 people per frame with random weights (`_detect_every_3`: the detector on every third frame);
+its `_keypoints_only` and `_drawing_only_*` rows split the time between the models and the drawing (8 synthetic
+standing people; the torch renderer's work does not depend on the poses, OpenCV's grows with the limbs drawn).
 
     python benchmarks/bench_annotators.py --out DIR      # on a GPU
     python benchmarks/bench_annotators.py --smoke        # tiny models on the CPU, to check the script
+    python benchmarks/bench_annotators.py --out DIR --only mask_contours,pose_vitpose_b_rtdetr_r50   # name prefixes
 """
 
 import argparse
@@ -20,9 +27,11 @@ import torch
 
 from streamvace.annotators.depth import DepthAnnotator
 from streamvace.annotators.flow import FlowAnnotator
+from streamvace.annotators.frames import to_images
 from streamvace.annotators.gray import GrayAnnotator
-from streamvace.annotators.layout import LayoutAnnotator, draw_mask_contours
+from streamvace.annotators.layout import LayoutAnnotator
 from streamvace.annotators.line_model import LineDrawingNet
+from streamvace.annotators.mask_outline import draw_mask_contours
 from streamvace.annotators.masks import adjust_masks
 from streamvace.annotators.pose import PoseAnnotator
 from streamvace.annotators.sam2_checkpoint import sam2_video_config
@@ -98,6 +107,32 @@ def sam2_model(size: str, full: bool):
         memory_fuser_intermediate_dim=64, memory_fuser_num_layers=1))
 
 
+def moving_shape_masks(frames: int, height: int, width: int, device) -> torch.Tensor:
+    """Object-like masks [1, T, H, W]: a ring (its hole is not outlined) and a disc, both moving, smooth edges."""
+    ys = torch.arange(height, device=device, dtype=torch.float32).view(1, -1, 1)
+    xs = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, -1)
+    t = torch.arange(frames, device=device, dtype=torch.float32).view(-1, 1, 1)
+    radius = ((xs - width * (0.3 + 0.01 * t)) / (0.2 * width)) ** 2 + ((ys - height * 0.5) / (0.35 * height)) ** 2
+    disc = (xs - width * 0.75) ** 2 + (ys - height * 0.4 - 2 * t) ** 2 <= (0.12 * height) ** 2
+    return (((radius <= 1) & (radius >= 0.3)) | disc).float()[None]
+
+
+# a standing person in COCO-17 order, (x, y) as fractions of the person's height
+STANDING_PERSON = ((0.0, 0.05), (-0.02, 0.03), (0.02, 0.03), (-0.05, 0.05), (0.05, 0.05), (-0.12, 0.2), (0.12, 0.2),
+                   (-0.16, 0.35), (0.16, 0.35), (-0.18, 0.5), (0.18, 0.5), (-0.08, 0.52), (0.08, 0.52),
+                   (-0.09, 0.75), (0.09, 0.75), (-0.09, 0.97), (0.09, 0.97))
+
+
+def standing_people(frames: int, people: int, height: int, width: int, device) -> tuple:
+    """Keypoints [T, K, 17, 2] of `people` standing people spread over the frame (0.4-0.9 of its height), scores 0.9."""
+    template = torch.tensor(STANDING_PERSON, device=device)
+    sizes = height * torch.linspace(0.4, 0.9, people, device=device)
+    feet_x = width * (torch.arange(people, device=device) + 0.5) / people
+    keypoints = template * sizes.view(-1, 1, 1) + torch.stack([feet_x, height - 1 - sizes], -1).view(-1, 1, 2)
+    keypoints = keypoints.expand(frames, -1, -1, -1).contiguous()
+    return keypoints, torch.full(keypoints.shape[:3], 0.9, device=device)
+
+
 def prepare(model, device, dtype):
     """Random weights on the device, eval, no grad (speed does not depend on the weight values)."""
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -105,8 +140,14 @@ def prepare(model, device, dtype):
 
 def annotators(height, width, frames, device, dtype, full):
     """(name, callable(chunk) -> output, syncs_by_design) for every annotator."""
-    masks = (torch.rand(1, frames, height, width, device=device) > 0.7).float()
-    pose, detector = pose_models(full)
+    masks = moving_shape_masks(frames, height, width, device)
+    noise = (torch.rand(1, frames, height, width, device=device) > 0.7).float()
+    pose, detector = (prepare(model, device, dtype) for model in pose_models(full))
+    pose_args = dict(max_people=8, detection_threshold=0.0)
+    people = standing_people(frames, 8, height, width, device)
+    present = torch.ones(frames, 8, dtype=torch.bool, device=device)
+    drawing = {renderer: PoseAnnotator(pose, detector, renderer=renderer, **pose_args)
+               for renderer in ("torch", "opencv")}
     layout = LayoutAnnotator('[{"boxes": [[100, 100, 300, 300], [400, 200, 700, 420]]}, '
                              '[{"x": 50, "y": 60}, {"x": 700, "y": 400}]]', height, width, total_frames=81,
                              device=device)
@@ -120,11 +161,20 @@ def annotators(height, width, frames, device, dtype, full):
         ("flow_farneback", FlowAnnotator(), True),
         ("layout", lambda chunk: layout(chunk.shape[1]), False),
         ("mask_adjust", lambda chunk: adjust_masks(masks, grow=8, blur=4.0, invert=True), False),
-        ("mask_contours", lambda chunk: draw_mask_contours(masks), True),
+        ("mask_contours", lambda chunk: draw_mask_contours(masks), False),
+        ("mask_contours_noise", lambda chunk: draw_mask_contours(noise), False),
         ("depth_small", DepthAnnotator(prepare(depth_model("small", full), device, dtype),
                                        resolution=518 if full else 70), False),
-        ("pose_vitpose_b_rtdetr_r50", PoseAnnotator(prepare(pose, device, dtype), prepare(detector, device, dtype),
-                                                    max_people=8, detection_threshold=0.0), True),
+        ("pose_vitpose_b_rtdetr_r50", PoseAnnotator(pose, detector, **pose_args), False),
+        ("pose_vitpose_b_rtdetr_r50_opencv_drawing", drawing["opencv"], True),
+        ("pose_vitpose_b_rtdetr_r50_detect_every_3", PoseAnnotator(pose, detector, detect_every=3, **pose_args),
+         False),
+        ("pose_vitpose_b_rtdetr_r50_keypoints_only", lambda chunk: drawing["torch"].keypoints(to_images(chunk)),
+         False),
+        ("pose_vitpose_b_rtdetr_r50_drawing_only_torch",
+         lambda chunk: drawing["torch"].draw(*people, present, height, width), False),
+        ("pose_vitpose_b_rtdetr_r50_drawing_only_opencv",
+         lambda chunk: drawing["opencv"].draw(*people, present, height, width), True),
         ("sam2_tiny_propagation", Sam2VideoAnnotator(prepare(sam2_model("tiny", full), device, dtype), point), True),
     ]
     if full:
@@ -184,7 +234,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-frames", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--chunks", type=int, default=10)
-    parser.add_argument("--only", default="", help="comma-separated annotator names to run")
+    parser.add_argument("--only", default="", help="comma-separated annotator names (or name prefixes) to run")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -196,7 +246,7 @@ def main(argv=None) -> int:
     with torch.device(device):  # build the random models straight on the device
         items = annotators(height, width, frames, device, dtype, full=not args.smoke)
     for name, function, syncs_by_design in items:
-        if args.only and name not in args.only.split(","):
+        if args.only and not name.startswith(tuple(args.only.split(","))):
             continue
         with torch.inference_mode():
             function(chunk)  # first chunk (SAM2: the prompted frame) before anything is measured
@@ -207,7 +257,7 @@ def main(argv=None) -> int:
                "ms_per_frame": round(mean / frames, 3), "fps": round(frames * 1000 / mean, 1),
                "peak_memory_mib": round(peak, 1), "host_sync": host_sync, "host_sync_by_design": syncs_by_design}
         results.append(row)
-        print(f"{name:28s} {row['ms_per_frame']:8.3f} ms/frame {row['fps']:9.1f} fps  "
+        print(f"{name:46s} {row['ms_per_frame']:8.3f} ms/frame {row['fps']:9.1f} fps  "
               f"peak {row['peak_memory_mib']:8.1f} MiB  host sync: {'yes' if host_sync else 'no'}"
               f"{' (by design)' if syncs_by_design else ''}")
     report = {

@@ -1,6 +1,7 @@
 """Layout / trajectory frames and masks for VACE: layout from JSON or masks, SAM2 video masks, box masks, mask edits."""
 
-from ..annotators.layout import LayoutAnnotator, draw_mask_contours
+from ..annotators.layout import LayoutAnnotator
+from ..annotators.mask_outline import draw_mask_contours
 from ..annotators.masks import BoxMaskAnnotator, adjust_masks
 from ..annotators.sam2_video import Sam2VideoAnnotator, load_sam2_video_model, prompts_from_json
 from . import host

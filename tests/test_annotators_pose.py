@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from streamvace.annotators.pose import (PoseAnnotator, detector_inputs, keypoints_from_heatmaps, load_person_detector,
-                                        load_pose_model, persons_from_outputs, pose_crops)
+                                        load_pose_model, person_label, persons_from_outputs, pose_crops)
 from streamvace.annotators.pose_render import FACE_SLICE, coco_to_openpose, render_pose_frame
 from streamvace.annotators.video_io import sample_clip
 from streamvace.models.checkpoint_io import CheckpointError
@@ -207,3 +207,27 @@ def test_pose_loaders_reject_wrong_models_clearly(folders, tmp_path):
         os.makedirs(tmp_path / "config-only")
         (tmp_path / "config-only" / "config.json").write_text(json.dumps({"model_type": "vitpose"}))
         load_pose_model(str(tmp_path / "config-only"))
+
+
+def test_detecting_every_nth_frame_reuses_the_last_detected_boxes(folders):
+    pose, detector = load_pose_model(folders["pose"]), load_person_detector(folders["detector"])
+    images = (sample_clip(frames=5, height=72, width=120, square=24, speed=6).transpose(0, 1) + 1) / 2
+    batches = []
+    hook = detector.register_forward_hook(lambda module, args, kwargs, output: batches.append(
+        kwargs["pixel_values"].shape[0]), with_kwargs=True)
+    every_frame = PoseAnnotator(pose, detector, max_people=4).keypoints(images)
+    every_third = PoseAnnotator(pose, detector, max_people=4, detect_every=3).keypoints(images)
+    hook.remove()
+    assert batches == [5, 2]  # frames 0 and 3 only
+    for exact, approximate in zip(every_frame, every_third):
+        assert torch.allclose(exact[[0, 3]], approximate[[0, 3]], atol=1e-4)
+    with torch.no_grad():  # frames 1 and 2 are posed inside the boxes found in frame 0
+        outputs = detector(pixel_values=detector_inputs(images[::3]))  # the annotator's detector batch
+        boxes = persons_from_outputs(outputs.logits, outputs.pred_boxes, person_label(detector.config), 72, 120, 4)[0]
+        boxes = boxes[:1].expand(2, -1, -1)
+        heatmaps = pose(pixel_values=pose_crops(images[1:3], boxes, 64, 48)).heatmaps
+    keypoints = keypoints_from_heatmaps(heatmaps, boxes.reshape(-1, 4), 64, 48)[0].reshape(2, 4, -1, 2)
+    assert torch.allclose(every_third[0][1:3], keypoints, atol=1e-4)
+    assert torch.equal(every_third[2][1:3], every_third[2][:1].expand(2, -1))
+    with pytest.raises(ValueError, match="detect_every must be at least 1"):
+        PoseAnnotator(pose, detector, detect_every=0)

@@ -11,8 +11,8 @@ import torch
 from streamvace.annotators.flow import FlowAnnotator, RaftFlow, farneback_flow, flow_to_color
 from streamvace.annotators.frames import check_video
 from streamvace.annotators.gray import GrayAnnotator
-from streamvace.annotators.layout import (LayoutAnnotator, LayoutError, draw_box_outlines, draw_mask_contours,
-                                          parse_layout)
+from streamvace.annotators.layout import LayoutAnnotator, LayoutError, draw_box_outlines, parse_layout
+from streamvace.annotators.mask_outline import draw_mask_contours
 from streamvace.annotators.masks import BoxMaskAnnotator, adjust_masks, fill_boxes, grow_masks
 from streamvace.annotators.scribble import ScribbleAnnotator
 from streamvace.annotators.video_io import VideoWriter, read_video_chunks, sample_clip
