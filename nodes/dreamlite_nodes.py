@@ -56,9 +56,14 @@ class StreamVACEDreamLiteLoader:
                 "default": "off",
                 "tooltip": "torch.compile the U-Net + adapter as one graph (reduce-overhead adds CUDA graphs). "
                            "The first batch compiles (slow); later batches are faster."}),
+        }, "optional": {
+            "compile_text": (["off", "default"], {
+                "default": "off",
+                "tooltip": "torch.compile the Qwen3-VL text encoder's decoder layers: the text refreshes no longer "
+                           "stall a batch (on an H100: p95 latency 2.4x -> 2.0x p50, +8 % fps)."}),
         }}
 
-    def load(self, model, lllite, hook_blocks, dtype, compile):
+    def load(self, model, lllite, hook_blocks, dtype, compile, compile_text="off"):
         """Load the pipeline parts onto ComfyUI's device and attach the adapter (memoised: streams go on)."""
         folder = host.model_path(MODEL_FOLDER, model)
         adapter_path = None if lllite == "none" else host.model_path(ADAPTER_FOLDER, lllite)
@@ -70,9 +75,10 @@ class StreamVACEDreamLiteLoader:
             if adapter_path is not None:
                 adapter, report = TemporalLLLite.from_file(models.unet, adapter_path, hook_blocks)
                 logging.getLogger(__name__).info("%s: %s", lllite, report.summary())
-            return StylizeModel(models, adapter, report, None if compile == "off" else compile)
+            return StylizeModel(models, adapter, report, None if compile == "off" else compile,
+                                None if compile_text == "off" else compile_text)
 
-        key = ("dreamlite", file_key(folder, adapter_path), hook_blocks, dtype, compile, str(device))
+        key = ("dreamlite", file_key(folder, adapter_path), hook_blocks, dtype, compile, compile_text, str(device))
         return (cached(key, load),)
 
 
