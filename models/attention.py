@@ -41,12 +41,14 @@ def get_backend() -> str:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v for [B, L, H, D] tensors; `mask` (bool, True = attend) forces SDPA."""
-    if mask is None and _backend == "flash_attn" and q.is_cuda:
+    """softmax(q k^T / sqrt(d)) v for [B, L, H, D] tensors; a mask (bool, True = attend), a CPU tensor or
+    float32 (which flash-attn and SageAttention do not take) use SDPA."""
+    fast = mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+    if fast and _backend == "flash_attn":
         from flash_attn import flash_attn_func
 
         return flash_attn_func(q, k, v)
-    if mask is None and _backend == "sageattention" and q.is_cuda:
+    if fast and _backend == "sageattention":
         from sageattention import sageattn
 
         return sageattn(q, k, v, tensor_layout="NHD")

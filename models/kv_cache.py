@@ -93,9 +93,6 @@ class KVCache:
 
     def frame_slot(self, frame: int) -> int:
         """The buffer slot (in frames) that holds `frame`."""
-        return self._slot(frame)
-
-    def _slot(self, frame: int) -> int:
         sink = self.policy.sink_frames
         return frame if frame < sink else sink + (frame - sink) % self.ring_frames
 
@@ -108,7 +105,7 @@ class KVCache:
         n = self.tokens_per_frame
         runs = []
         for offset in range(num_frames):
-            slot = self._slot(start_frame + offset)
+            slot = self.frame_slot(start_frame + offset)
             if runs and runs[-1][1] + runs[-1][2] == slot * n:
                 runs[-1][2] += n
             else:
@@ -117,39 +114,48 @@ class KVCache:
         filled = min(sink, end) + min(self.ring_frames, max(0, end - sink))
         return ChunkSlots(start_frame, num_frames, tuple(tuple(r) for r in runs), filled * n)
 
+    def _write(self, layer: int, slots: ChunkSlots, k: torch.Tensor, v: torch.Tensor) -> None:
+        for source, slot, length in slots.runs:
+            self.keys[layer, :, slot:slot + length].copy_(k[:, source:source + length])
+            self.values[layer, :, slot:slot + length].copy_(v[:, source:source + length])
+
     def attend_fn(self, layer: int, slots: ChunkSlots):
         """attend(q, k, v) for one layer: write the chunk's k/v into its slots, attend over the filled prefix."""
         keys, values = self.keys[layer], self.values[layer]
 
         def attend(q, k, v):
-            for source, slot, length in slots.runs:
-                keys[:, slot:slot + length].copy_(k[:, source:source + length])
-                values[:, slot:slot + length].copy_(v[:, source:source + length])
+            self._write(layer, slots, k, v)
             return attention(q, keys[:, :slots.attend_tokens], values[:, :slots.attend_tokens])
 
         return attend
 
-    def resident_frames(self) -> list:
-        """The committed frames whose K/V are still in the buffers (sink + ring)."""
-        sink = self.policy.sink_frames
-        return list(range(min(sink, self.frames))) + list(range(max(sink, self.frames - self.ring_frames), self.frames))
+    def resident_frames(self, window_only: bool = True) -> list:
+        """Committed frames whose K/V are held: the sink and the window. The ring's oldest chunk is scratch
+        space (the next chunk writes there, and a chunk that failed already did), so it only counts with
+        window_only=False, for state written on commit alone (the latent history)."""
+        sink, window = self.policy.sink_frames, self.policy.window_frames
+        kept = self.ring_frames if window is None or not window_only else window
+        return list(range(min(sink, self.frames))) + list(range(max(sink, self.frames - kept), self.frames))
 
     def frame_slot_runs(self, slots: ChunkSlots) -> list:
         """slots.runs in frames instead of tokens: (source frame, slot frame, frames)."""
         n = self.tokens_per_frame
         return [(source // n, slot // n, length // n) for source, slot, length in slots.runs]
 
-    def recache_attend_fn(self, layer: int, slots: ChunkSlots, visible_frames: list):
-        """Like attend_fn, but attending only to `visible_frames` + the chunk (for re-caching old chunks,
-        when newer frames sit in the ring). Gathers tokens: for rare prompt switches, not the chunk loop."""
-        keys, values, n = self.keys[layer], self.values[layer], self.tokens_per_frame
-        frames = [self._slot(f) for f in visible_frames] + [self._slot(slots.start_frame + i) for i in range(slots.num_frames)]
-        index = torch.tensor([f * n + i for f in frames for i in range(n)], device=keys.device)
+    def recache_index(self, slots: ChunkSlots, visible_frames: list) -> torch.Tensor:
+        """Token indices of `visible_frames` + the chunk, for recache_attend_fn (build once per chunk)."""
+        n = self.tokens_per_frame
+        frames = [self.frame_slot(f) for f in visible_frames]
+        frames += [self.frame_slot(slots.start_frame + i) for i in range(slots.num_frames)]
+        return torch.tensor([f * n + i for f in frames for i in range(n)], device=self.keys.device)
+
+    def recache_attend_fn(self, layer: int, slots: ChunkSlots, index: torch.Tensor):
+        """Like attend_fn, but attending only to the tokens in `index` (re-caching an old chunk while newer
+        frames sit in the ring). Gathers tokens: for rare prompt switches, not the chunk loop."""
+        keys, values = self.keys[layer], self.values[layer]
 
         def attend(q, k, v):
-            for source, slot, length in slots.runs:
-                keys[:, slot:slot + length].copy_(k[:, source:source + length])
-                values[:, slot:slot + length].copy_(v[:, source:source + length])
+            self._write(layer, slots, k, v)
             return attention(q, keys[:, index], values[:, index])
 
         return attend

@@ -3,7 +3,9 @@
 The head dimension d is split into time / height / width parts of d - 4*(d//6), 2*(d//6), 2*(d//6) real
 channels (44/42/42 at d = 128), each a standard 1-D RoPE with theta = 10000. Channels are rotated as
 interleaved (real, imaginary) pairs, as in Wan2.1's `rope_apply`. Angles are computed in float64 from
-integer positions, so there is no 1024-frame table to run out of.
+integer positions: there is no 1024-frame table to run out of, but positions keep growing, so after a long
+stream the distance from the sink to the chunk exceeds anything the model saw in training (LongLive
+trained up to 240 latent frames; Scope resets the stream at 1024, LongLive-infinity re-applies RoPE).
 """
 
 import torch

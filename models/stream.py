@@ -34,7 +34,8 @@ class StreamConfig:
     seed: int = 0
     batch: int = 1
     max_frames: int = 21  # only for the full-history policy
-    vace_in_cache_pass: bool = False  # Scope runs the clean t = 0 pass without VACE hints
+    vace_in_cache_pass: bool = False  # Scope runs the clean t = 0 pass without VACE hints (a prompt-switch
+    # re-cache always runs without them: the controls of past chunks are not kept)
 
 
 @dataclass
@@ -110,17 +111,17 @@ class WanStream:
         resident = set(self.cache.resident_frames())
         for start in range(-(-first // chunk) * chunk, end, chunk):  # whole chunks inside the window
             slots = self.cache.slots(start, chunk)
-            visible = [f for f in policy.visible_past(start) if f in resident]
-            attends = [self.cache.recache_attend_fn(layer, slots, visible) for layer in range(self.model.config.num_layers)]
+            index = self.cache.recache_index(slots, [f for f in policy.visible_past(start) if f in resident])
+            attends = [self.cache.recache_attend_fn(layer, slots, index) for layer in range(self.model.config.num_layers)]
             latents = torch.cat([self.history[:, :, slot:slot + n] for _, slot, n in self.cache.frame_slot_runs(slots)], 2)
-            self._forward(latents, len(self.sigmas), attends, self._rope(start), ())
+            self._forward(latents, len(self.sigmas), attends, self._rope(start), (), need_output=False)
 
     def clean_latents(self, start: int, end: int):
         """The generated latents of frames [start, end) [B, 16, end-start, h, w], or None if some left the cache."""
-        resident = set(self.cache.resident_frames())
+        resident = set(self.cache.resident_frames(window_only=False))  # history is written on commit only
         if start >= end or not all(f in resident for f in range(start, end)):
             return None
-        return torch.cat([self.history[:, :, self.cache.frame_slot(f)][:, :, None] for f in range(start, end)], dim=2)
+        return torch.stack([self.history[:, :, self.cache.frame_slot(f)] for f in range(start, end)], dim=2)
 
     def _commit(self, slots, clean: torch.Tensor) -> None:
         for source, slot, n in self.cache.frame_slot_runs(slots):
@@ -142,7 +143,7 @@ class WanStream:
         slots = self.cache.slots(self.cache.frames, self.config.chunk_frames)
         attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
         clean = latents.to(self.device, torch.float32)
-        self._forward(clean, len(self.sigmas), attends, self._rope(slots.start_frame), ())
+        self._forward(clean, len(self.sigmas), attends, self._rope(slots.start_frame), (), need_output=False)
         self._commit(slots, clean)
 
     def _rope(self, start_frame: int) -> RotaryTable:
@@ -171,12 +172,13 @@ class WanStream:
             per_context.append(vace_hints(self.model.vace_blocks, tokens, x_tokens, e0, self.text_kv[1], rope, attends))
         return combine_hints(per_context, [item.scale for item in vace])
 
-    def _forward(self, x, step, attends, rope, vace):
+    def _forward(self, x, step, attends, rope, vace, need_output=True):
         e, e0 = self._time[step]
         tokens = self.model.patchify(x)
         hints = self._hints(vace, tokens, e0, rope) if vace else None
         out = self.model.run_blocks(tokens, e0, self.text_kv[0], rope, attends, hints)
-        return self.model.unpatchify(self.model.head(out, e), self.grid)
+        # the cache pass only writes K/V: its velocity would be thrown away
+        return self.model.unpatchify(self.model.head(out, e), self.grid) if need_output else None
 
     @torch.inference_mode()
     def next_chunk(self, vace=(), on_step=None) -> torch.Tensor:
@@ -203,7 +205,8 @@ class WanStream:
                 x = renoise(x0, noise, self.sigmas[step + 1])
             if on_step is not None:
                 on_step(step, total)
-        self._forward(x0, len(self.sigmas), attends, rope, vace if self.config.vace_in_cache_pass else ())
+        self._forward(x0, len(self.sigmas), attends, rope, vace if self.config.vace_in_cache_pass else (),
+                      need_output=False)
         if on_step is not None:
             on_step(total - 1, total)
         self._commit(slots, x0)

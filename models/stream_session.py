@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .stream import StreamConfig, VaceInput, WanStream
+from .vae_stream import same_weights
 from .vace_reference import VaceReference
 from .vace_context import VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start
 from .wan_dit import WanDiT
@@ -39,7 +40,11 @@ class Control:
     def __post_init__(self):
         if self.timing not in TIMINGS:
             raise ValueError(f"control timing must be one of {TIMINGS}, got {self.timing!r}")
-        for name in ("frames", "mask", "references", "first_frame", "last_frame"):
+        names = ("frames", "mask", "references", "first_frame", "last_frame")
+        if all(getattr(self, name) is None for name in names):
+            raise ValueError("a VACE control needs a control video, a mask, reference images or a first/last "
+                             "frame; connect at least one")
+        for name in names:
             value = getattr(self, name)
             if value is not None:
                 if value.numel() == 0:
@@ -82,7 +87,8 @@ class StreamSession:
 
     def set_prompt(self, text: torch.Tensor) -> None:
         """Use this prompt from the next chunk on (a no-op when it is unchanged)."""
-        check_finite(text, "the prompt embedding") if text.device.type == "cpu" else None
+        if text.device.type == "cpu":
+            check_finite(text, "the prompt embedding")
         if self._prompt is None or self._prompt.shape != text.shape or not torch.equal(self._prompt, text):
             self.stream.set_prompt(text)
             self._prompt = text.clone()
@@ -93,7 +99,7 @@ class StreamSession:
 
     def use_vae(self, vae) -> None:
         """Encode controls with this VAE from now on (controls restart their encoder streams)."""
-        if vae is not self.vae:
+        if not same_weights(vae, self.vae):
             self.vae = vae
             self._builders.clear()
             self._references.clear()
@@ -108,12 +114,12 @@ class StreamSession:
         return self._builders[index]
 
     def _reference(self, index: int, images: torch.Tensor):
-        key = (index, images.shape, float(images.float().sum()))
-        if key not in self._references:
-            latents = self._builder(index).reference_latents(images)
-            self._references = {k: v for k, v in self._references.items() if k[0] != index}
-            self._references[key] = VaceReference(self.stream, latents)
-        return self._references[key]
+        """The control's VaceReference, encoded again only when its images change."""
+        images_then, reference = self._references.get(index, (None, None))
+        if images_then is None or images_then.shape != images.shape or not torch.equal(images_then, images):
+            reference = VaceReference(self.stream, self._builder(index).reference_latents(images))
+            self._references[index] = (images, reference)
+        return reference
 
     def _chunk_controls(self, controls, call_start: int, last_in_call: bool) -> list:
         c, inputs = self.config, []
@@ -142,6 +148,9 @@ class StreamSession:
     @torch.inference_mode()
     def generate(self, chunks: int, controls=(), on_step=None) -> torch.Tensor:
         """Continue the stream by `chunks` chunks; normalised latents [B, 16, chunks*F, h, w] (float32)."""
+        if controls and not self.stream.model.has_vace:
+            raise ValueError("VACE control was given but the model has no VACE blocks: load a VACE checkpoint "
+                             "(or add a VACE module file in the loader)")
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
         out = []
         for i in range(chunks):

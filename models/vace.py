@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .rope import RotaryTable
-from .wan_blocks import AttendFn, WanBlock
+from .wan_blocks import WanBlock
 
 
 class VaceBlock(WanBlock):

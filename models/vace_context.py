@@ -36,10 +36,7 @@ def check_finite(tensor: torch.Tensor, what: str) -> None:
 
 def mask_to_latent_channels(mask: torch.Tensor, first_chunk: bool) -> torch.Tensor:
     """Binary mask [B, 1, T, H, W] -> [B, 64, t, H/8, W/8], max over each latent frame's pixel frames."""
-    if first_chunk:
-        groups = [mask[:, :, :1]] + list(mask[:, :, 1:].split(4, dim=2))
-    else:
-        groups = list(mask.split(4, dim=2))
+    groups = [mask[:, :, :1]] + list(mask[:, :, 1:].split(4, dim=2)) if first_chunk else list(mask.split(4, dim=2))
     per_latent = torch.cat([g.amax(dim=2, keepdim=True) for g in groups], dim=2)
     b, _, t, h, w = per_latent.shape
     unshuffled = F.pixel_unshuffle(per_latent.transpose(1, 2).reshape(b * t, 1, h, w), 8)
@@ -87,16 +84,18 @@ class VaceContextBuilder:
         t = self.frames_needed()
         shape = (self.batch, t, self.height, self.width)
         device, dtype = self.vae.device, self.vae.dtype
-        if frames is None:
-            frames = torch.zeros(self.batch, 3, t, self.height, self.width)
-        if mask is None:
-            mask = torch.ones(self.batch, 1, t, self.height, self.width)
         for name, tensor, channels in (("control frames", frames, 3), ("control mask", mask, 1)):
+            if tensor is None:
+                continue
             if tensor.ndim != 5 or tensor.shape[1] != channels or (tensor.shape[0], *tensor.shape[2:]) != shape:
                 raise ValueError(f"{name} must be [{self.batch}, {channels}, {t}, {self.height}, {self.width}] for "
                                  f"chunk {self.chunks}, got {tuple(tensor.shape)}")
             if tensor.device.type == "cpu":
                 check_finite(tensor, name)
+        if frames is None:  # gray: no control
+            frames = torch.zeros(self.batch, 3, t, self.height, self.width, device=device)
+        if mask is None:  # generate everywhere
+            mask = torch.ones(self.batch, 1, t, self.height, self.width, device=device)
         frames = frames.to(device, torch.float32)
         binary = (mask.to(device, torch.float32) > 0.5).float()
         inactive_cache, reactive_cache = self.inactive.copy(), self.reactive.copy()

@@ -10,6 +10,12 @@ An encoder cannot change mid-stream: its latents would not continue the old enco
 import torch
 
 
+def same_weights(a, b) -> bool:
+    """True for the same VAE, or two loads of the same file (loaders tag them with `streamvace_key`)."""
+    key = getattr(a, "streamvace_key", None)
+    return a is b or (key is not None and key == getattr(b, "streamvace_key", None))
+
+
 class DecodeStream:
     """Latent chunks -> frames for one stream; a failed chunk changes nothing."""
 
@@ -31,7 +37,7 @@ class DecodeStream:
                                        and first_frame != self.next_frame)
         if first_frame == 0:
             self.chunks = 0
-        if vae is not self.vae or cache is None or restart:
+        if not same_weights(vae, self.vae) or cache is None or restart:
             cache = vae.new_decoder_cache(mid_stream=first_frame != 0 and (self.chunks > 0 or bool(first_frame)))
         video = vae.decode(latents, cache)
         self.vae, self.cache = vae, cache
@@ -51,7 +57,7 @@ class EncodeStream:
 
     def encode(self, vae, video: torch.Tensor) -> torch.Tensor:
         """Encode the next chunk of frames [B,3,T,H,W] in [-1,1] to normalised latents."""
-        if self.vae is not None and vae is not self.vae:
+        if self.vae is not None and not same_weights(vae, self.vae):
             raise ValueError(
                 "this encode stream was started with another VAE; an encoder cannot change mid-stream because its "
                 "latents would not continue the old encoder's. Reset the stream (reset = true) to switch.")

@@ -19,6 +19,7 @@ from .wan_dit import WanConfig, WanDiT
 WRAPPERS = ("generator_ema", "generator", "generator_lora", "state_dict", "model", "module")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "model.", "transformer.")
 FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
+SHARD = re.compile(r"-\d{5}-of-\d{5}\.(safetensors|bin|pth)$")
 LORA_MARKERS = (".lora_A.", ".lora_B.", ".lora_down.", ".lora_up.", "lora_A.weight", "lora_down.weight")
 
 # Wan-AI *-Diffusers names -> original names (inverse of diffusers' convert_wan_transformer_to_diffusers).
@@ -101,6 +102,8 @@ def describe_state_dict(sd: dict) -> str:
 
 def read_wan_state_dict(path: str, use_ema: bool = True) -> dict:
     """A prefix-free state dict in original Wan naming from a file, a sharded folder or a diffusers folder."""
+    if SHARD.search(os.path.basename(path)):  # one shard picked from a folder: the model is the whole folder
+        path = os.path.dirname(path) or "."
     if os.path.isdir(path):
         files = sorted(glob.glob(os.path.join(path, "*.safetensors")) or glob.glob(os.path.join(path, "*.pth")))
         if not files:
@@ -179,7 +182,14 @@ def load_wan_model(path: str, *, vace_path: str = None, loras=(), dtype=torch.bf
         if not vace:
             raise CheckpointError(f"{vace_path}: holds no VACE weights (no 'vace_blocks.*' keys); it looks like "
                                   f"{describe_state_dict(read_wan_state_dict(vace_path, use_ema))}.")
+        base_dim, vace_dim = sd["head.modulation"].shape[-1], vace["vace_patch_embedding.weight"].shape[0] \
+            if "vace_patch_embedding.weight" in vace else None
+        if vace_dim is not None and vace_dim != base_dim:
+            raise CheckpointError(f"{vace_path}: a VACE module of width {vace_dim}, but {path} is a model of width "
+                                  f"{base_dim}: pick the VACE module made for this model size (1.3B: 1536, 14B: 5120).")
         sd.update(vace)
+    if loras:  # merge into dequantised float32 weights: an fp8 weight would round the LoRA's delta away
+        sd = _to_dtype(sd, torch.float32)
     for lora_path, strength in loras:
         merge_lora(sd, _unwrap(read_checkpoint(lora_path), lora_path), strength, lora_path)
     sd = _to_dtype(sd, dtype)
@@ -189,7 +199,11 @@ def load_wan_model(path: str, *, vace_path: str = None, loras=(), dtype=torch.bf
         raise CheckpointError(f"{path}: looks like {kind} but lacks {missing}; the file is incomplete.") from None
     with torch.device("meta"):
         model = WanDiT(config)
-    result = model.load_state_dict(sd, strict=False, assign=True)
+    try:
+        result = model.load_state_dict(sd, strict=False, assign=True)
+    except RuntimeError as error:  # tensors of the wrong size: parts of different models mixed in one file
+        raise CheckpointError(f"{path}: looks like {kind} but some tensors do not fit the sizes read from it "
+                              f"(dim {config.dim}): {str(error).splitlines()[-1].strip()}") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: looks like {kind} but does not fit the Wan2.1 layout read from it "

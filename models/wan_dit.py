@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .attention import attention
 from .rope import RotaryTable
@@ -75,6 +76,12 @@ def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+def _float32_mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = F.linear(x, layer.weight.float(), layer.bias.float()) if isinstance(layer, nn.Linear) else layer(x)
+    return x
+
+
 class WanDiT(nn.Module):
     """Wan2.1 text-to-video DiT, with the VACE branch when the config has VACE blocks."""
 
@@ -127,10 +134,11 @@ class WanDiT(nn.Module):
         """timesteps [B] or [B, F] -> (e [B, F_e, dim], e0 [B, F_e, 6, dim]) in float32."""
         if timesteps.ndim == 1:
             timesteps = timesteps[:, None]
-        sinusoid = sinusoidal_embedding(timesteps, self.config.freq_dim).to(self.dtype)
-        e = self.time_embedding(sinusoid)
-        e0 = self.time_projection(e).unflatten(-1, (6, self.config.dim))
-        return e.float(), e0.float()
+        # float32 whatever the weights' dtype, as Wan runs it (under fp32 autocast): bf16 here costs ~0.4 % in
+        # e0, and a stream computes these once
+        e = _float32_mlp(self.time_embedding, sinusoidal_embedding(timesteps, self.config.freq_dim).float())
+        e0 = _float32_mlp(self.time_projection, e).unflatten(-1, (6, self.config.dim))
+        return e, e0
 
     # ---- tokens -------------------------------------------------------------------------------------
     def patchify(self, latents: torch.Tensor, embedding: nn.Conv3d = None) -> torch.Tensor:

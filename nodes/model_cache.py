@@ -9,7 +9,7 @@ import os
 import threading
 from collections import OrderedDict
 
-KEEP = 4
+KEEP = 2  # of each kind: models sit on the GPU outside ComfyUI's memory management, so keep few
 _MODELS = OrderedDict()
 _LOCK = threading.Lock()
 
@@ -20,7 +20,8 @@ def file_key(*paths) -> tuple:
 
 
 def cached(key: tuple, factory):
-    """The model loaded for `key`, loading it with factory() the first time (least recently used dropped)."""
+    """The model loaded for `key` (its first item names the kind), loaded by factory() the first time; the
+    least recently used models of a kind beyond KEEP are dropped."""
     with _LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)
@@ -28,8 +29,9 @@ def cached(key: tuple, factory):
     model = factory()  # outside the lock: loading takes long, and a failed load stores nothing
     with _LOCK:
         _MODELS[key] = model
-        while len(_MODELS) > KEEP:
-            _MODELS.popitem(last=False)
+        same_kind = [k for k in _MODELS if k[0] == key[0]]  # keep KEEP of each kind: a VAE never evicts a DiT
+        for old in same_kind[:-KEEP]:
+            del _MODELS[old]
     return model
 
 

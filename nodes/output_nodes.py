@@ -3,16 +3,21 @@
 import atexit
 import os
 
+import torch
+
 from ..annotators.video_io import VideoWriter
-from . import host
+from . import host, model_cache
 from .convert import image_to_video
-from .streams import registry
+from .streams import free_streams, registry
 
 _WRITERS = registry("save_stream")
 
 
 def _next_path(prefix: str) -> str:
-    folder = host.output_directory()
+    folder = os.path.abspath(host.output_directory())
+    if os.path.commonpath([folder, os.path.abspath(os.path.join(folder, prefix))]) != folder:
+        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder; use a relative name "
+                         "such as 'streamvace/stream'")
     index = 1
     while os.path.exists(os.path.join(folder, f"{prefix}_{index:05d}.mp4")):
         index += 1
@@ -82,5 +87,43 @@ class StreamVACESaveStream:
                        "animated": (True,)}}
 
 
-NODE_CLASS_MAPPINGS = {"StreamVACESaveStream": StreamVACESaveStream}
-NODE_DISPLAY_NAME_MAPPINGS = {"StreamVACESaveStream": "Save Stream as One Video (StreamVACE)"}
+class StreamVACEFreeStreams:
+    """Free streams (KV caches, VAE and annotator state) and, optionally, the models StreamVACE keeps loaded."""
+
+    DESCRIPTION = ("Frees the named stream in every StreamVACE node (sampler, decoders, annotators, stylizer) or, "
+                   "with an empty stream_id, all of them; 'models' also drops the loaded models StreamVACE keeps "
+                   "for continuing streams. Open stream files are closed. Queue it on its own when memory runs low.")
+    CATEGORY = "StreamVACE/output"
+    RETURN_TYPES = ()
+    FUNCTION = "free"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        """Which stream, and whether to drop models too."""
+        return {"required": {
+            "stream_id": ("STRING", {"default": "", "tooltip": "Empty: every stream."}),
+            "models": ("BOOLEAN", {"default": False, "tooltip": "Also drop StreamVACE's loaded models."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        """Always run when queued."""
+        return float("nan")
+
+    def free(self, stream_id, models):
+        """Free and report what was freed."""
+        for sid in _WRITERS.ids():
+            if not stream_id or sid == stream_id:
+                _close(sid)
+        freed = free_streams(stream_id)
+        if models:
+            model_cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"ui": {"text": [f"freed {len(freed)} stream(s){' and the models' if models else ''}"]}}
+
+
+NODE_CLASS_MAPPINGS = {"StreamVACESaveStream": StreamVACESaveStream, "StreamVACEFreeStreams": StreamVACEFreeStreams}
+NODE_DISPLAY_NAME_MAPPINGS = {"StreamVACESaveStream": "Save Stream as One Video (StreamVACE)",
+                              "StreamVACEFreeStreams": "Free Streams (StreamVACE)"}

@@ -29,8 +29,14 @@ STREAM_INPUTS = {
 def _cached_vae(loader, path: str, dtype: str):
     """The VAE for this file and precision, memoised: the same object keeps decoder streams going seamlessly."""
     device = host.torch_device()
-    return cached((loader.__name__, file_key(path), dtype, str(device)),
-                  lambda: loader(path, dtype=DTYPES[dtype], device=device))
+    key = (loader.__name__, file_key(path), dtype, str(device))
+
+    def load():
+        vae = loader(path, dtype=DTYPES[dtype], device=device)
+        vae.streamvace_key = key  # decoder streams follow the weights, not the Python object
+        return vae
+
+    return cached(key, load)
 
 
 class StreamVACELoadWanVAE:

@@ -9,6 +9,7 @@ import torch
 from ..models import attention as attention_backends
 from ..models.kv_cache import cache_policy as make_cache_policy
 from ..models.latent_format import latents_to_comfy
+from ..models.sampler import sigma_schedule
 from ..models.stream import StreamConfig
 from ..models.stream_session import TIMINGS, Control, StreamSession
 from ..models.vace_context import pixel_frame_start
@@ -17,9 +18,9 @@ from . import host
 from .model_cache import cached, file_key
 from .convert import image_to_video, mask_to_video
 from .streams import registry
+from .vae_nodes import DTYPES, VAE_TYPE
 
-MODEL_TYPE, LORA_TYPE, CONTROL_TYPE, VAE_TYPE = "STREAMVACE_MODEL", "STREAMVACE_LORA", "STREAMVACE_CONTROL", "STREAMVACE_VAE"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MODEL_TYPE, LORA_TYPE, CONTROL_TYPE = "STREAMVACE_MODEL", "STREAMVACE_LORA", "STREAMVACE_CONTROL"
 POLICIES = ("longlive", "motionstream", "full")
 
 
@@ -45,7 +46,8 @@ class StreamVACEModelLoader:
                                                           "you need no control."}),
             "dtype": (list(DTYPES), {"default": "bf16"}),
             "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "flash_attn / sageattention "
-                                                                                   "must be installed."}),
+                                   "must be installed (bf16/fp16 only). Daydream Scope disables SageAttention on "
+                                   "Hopper (H100) after seeing static in the output."}),
         }, "optional": {"lora": (LORA_TYPE, {"tooltip": "LoRAs to merge, from 'StreamVACE LoRA'."})}}
 
     def load(self, model_name, vace_module, dtype, attention, lora=None):
@@ -166,11 +168,10 @@ class StreamVACESampler:
     def VALIDATE_INPUTS(cls, steps):  # naming only `steps` keeps ComfyUI's own range checks on the other inputs
         """Reject a steps string that is not a decreasing list of numbers in (0, 1000]."""
         try:
-            values = [float(s) for s in steps.split(",")]
-        except ValueError:
-            return f"steps must be comma-separated numbers, got {steps!r}"
-        return True if values and values == sorted(values, reverse=True) and 0 < values[-1] and values[0] <= 1000 \
-            else f"steps must decrease within (0, 1000], got {steps!r}"
+            sigma_schedule([float(s) for s in steps.split(",")])
+        except ValueError as error:
+            return f"steps must be comma-separated numbers decreasing within (0, 1000], got {steps!r} ({error})"
+        return True
 
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
                warp_steps, vae=None, control=None):
@@ -219,7 +220,8 @@ class StreamVACEChunkFrames:
             "video": ("IMAGE",),
             "stream_id": ("STRING", {"default": "main", "tooltip": "The Stream Sampler's stream_id."}),
             "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "The Stream Sampler's chunks."}),
-            "reset": ("BOOLEAN", {"default": False, "tooltip": "Wire the sampler's reset here too."}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Wire the sampler's reset here too (a sampler "
+                                  "that restarts because its size, seed or steps changed also needs it)."}),
         }}
 
     @classmethod

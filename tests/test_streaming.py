@@ -121,11 +121,14 @@ def test_interrupted_chunk_leaves_the_stream_unchanged():
         assert torch.equal(a, b)
 
 
-def test_reference_images_change_the_chunk_and_are_computed_once():
+def test_reference_images_change_the_chunk_and_are_computed_once(monkeypatch):
     model = tiny_model(vace=True)
     stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, seed=1))
     stream.set_prompt(torch.randn(1, 4, TEXT_DIM))
     reference = VaceReference(stream, torch.randn(1, 16, 2, HEIGHT // 8, WIDTH // 8))
+    encodes = []
+    original = VaceReference._encode
+    monkeypatch.setattr(VaceReference, "_encode", lambda self, s: (encodes.append(1), original(self, s)))
     ctx = torch.randn(1, 96, 3, HEIGHT // 8, WIDTH // 8)
     with_ref = stream.next_chunk([VaceInput(ctx, 1.0, reference)])
     keys_after_first = reference.cache.keys[:, :, :12].clone()
@@ -135,6 +138,10 @@ def test_reference_images_change_the_chunk_and_are_computed_once():
     stream.reset()
     assert torch.equal(stream.next_chunk([VaceInput(ctx, 1.0, reference)]), with_ref)
     assert torch.equal(reference.cache.keys[:, :, :12], keys_after_first)
+    assert len(encodes) == 1  # 2 chunks x 4 steps, one encode; a new prompt encodes again
+    stream.set_prompt(torch.randn(1, 4, TEXT_DIM))
+    stream.next_chunk([VaceInput(ctx, 1.0, reference)])
+    assert len(encodes) == 2
 
 
 def test_bad_vace_input_is_refused_before_anything_changes():
@@ -170,7 +177,7 @@ def test_bfloat16_stream_runs_and_tracks_float32():
         outs.append([stream.next_chunk([VaceInput(ctx, 1.0)]) for _ in range(3)])
     for a, b in zip(*outs):
         assert b.dtype == torch.float32 and torch.isfinite(b).all()
-        assert rel_err(b, a) < 0.1
+        assert rel_err(b, a) < 2e-2
 
 
 def test_prefill_continues_an_existing_video():
@@ -206,8 +213,29 @@ def test_prompt_switch_recaches_the_window(policy):
     assert rel_err(no_recache.next_chunk(), after_switch) > 1e-3  # the recache matters
 
     if policy == "full":  # every frame re-cached under the new prompt == a history built under it
-        fresh = WanStream(model, config)
-        fresh.set_prompt(new)
+        oracle = WanStream(model, config)
+        oracle.set_prompt(new)
         for chunk in chunks:
-            fresh.prefill(chunk)
-        assert rel_err(fresh.next_chunk(), after_switch) <= 1e-5
+            oracle.prefill(chunk)
+        assert rel_err(oracle.next_chunk(), after_switch) <= 1e-5
+
+
+def test_prompt_switch_after_an_interrupted_chunk_ignores_its_partial_writes():
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=6)
+    old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 5, TEXT_DIM)
+
+    def run(interrupt):
+        stream = WanStream(model, config)
+        stream.set_prompt(old)
+        for _ in range(4):
+            stream.next_chunk()
+        if interrupt:  # the chunk writes its noisy K/V over the oldest ring chunk, then dies
+            def boom(step, total):
+                raise KeyboardInterrupt
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk(on_step=boom)
+        stream.set_prompt(new)
+        return stream.next_chunk()
+
+    assert torch.equal(run(True), run(False))

@@ -145,6 +145,21 @@ def test_live_timing_restarts_the_control_every_call():
     assert torch.equal(second, expected)
 
 
+@pytest.mark.parametrize("kind", ["wan", "tiny"])
+def test_control_joining_mid_stream_starts_its_encoder_streams_aligned(kind):
+    vae = _vae(kind)
+    frames = random_video(12, H, W, seed=9)
+    builder = VaceContextBuilder(vae, H, W, start_chunk=1)
+    context = builder.context_for_chunk(frames)
+    def lead_and_drop(video):  # lead with a copy of frame 0, drop its latent: 3 latents over the chunk's 3 groups
+        with torch.no_grad():
+            return vae.encode(torch.cat([video[:, :, :1], video], dim=2))[:, :, 1:]
+
+    reactive, inactive = lead_and_drop(frames), lead_and_drop(torch.zeros_like(frames))  # mask: all ones
+    assert ((context[:, 16:32] - reactive).norm() / reactive.norm()) <= 1e-5
+    assert ((context[:, :16] - inactive).norm() / inactive.norm()) <= 1e-5
+
+
 def test_control_joining_mid_stream_and_bad_controls():
     session = _session("tiny")
     session.generate(1)
@@ -154,7 +169,13 @@ def test_control_joining_mid_stream_and_bad_controls():
         Control(frames=torch.zeros(3, 0, H, W))
     with pytest.raises(ValueError, match="timing"):
         Control(timing="sometimes")
+    with pytest.raises(ValueError, match="needs a control video"):
+        Control(strength=0.5)
     no_vae = StreamSession(tiny_model(vace=True), StreamConfig(height=H, width=W))
     no_vae.set_prompt(torch.randn(1, 4, TEXT_DIM))
     with pytest.raises(ValueError, match="need a VAE"):
-        no_vae.generate(1, [Control()])
+        no_vae.generate(1, [Control(frames=torch.zeros(3, 9, H, W))])
+    t2v = StreamSession(tiny_model(), StreamConfig(height=H, width=W), _vae("tiny"))
+    t2v.set_prompt(torch.randn(1, 4, TEXT_DIM))
+    with pytest.raises(ValueError, match="no VACE blocks"):  # refused before any VAE work
+        t2v.generate(1, [Control(frames=torch.zeros(3, 9, H, W))])

@@ -169,7 +169,24 @@ def test_scaled_fp8_weights_are_rescaled(tmp_path, inputs):
             sd[k] = v
     sd["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
     loaded = load_wan_model(_save(sd, str(tmp_path / "scaled.safetensors")), dtype=torch.float32)
-    assert rel_err(_out(loaded, inputs), _out(original, inputs)) < 0.1  # fp8 rounding only
+    dequantised = tiny_model()
+    dequantised.load_state_dict({k: (v.float() * sd[k[:-len("weight")] + "scale_weight"]
+                                     if k[:-len("weight")] + "scale_weight" in sd else v.float())
+                                 for k, v in sd.items() if not k.endswith("scale_weight") and k != "scaled_fp8"})
+    assert torch.equal(_out(loaded, inputs), _out(dequantised, inputs))
+    assert rel_err(_out(loaded, inputs), _out(original, inputs)) < 0.1  # and close to the unquantised model
+
+
+def test_lora_merges_into_dequantised_fp8_weights(tmp_path, inputs):
+    base = tiny_model()
+    sd = {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v) for k, v in base.state_dict().items()}
+    weight = sd["blocks.0.self_attn.q.weight"].float()
+    down, up = torch.randn(4, weight.shape[1]) * 0.01, torch.randn(weight.shape[0], 4) * 0.01  # below fp8's step
+    lora = {"base_model.model.blocks.0.self_attn.q.lora_A.weight": down,
+            "base_model.model.blocks.0.self_attn.q.lora_B.weight": up}
+    merged = load_wan_model(_save(sd, str(tmp_path / "fp8.safetensors")), dtype=torch.float32,
+                            loras=[(_save(lora, str(tmp_path / "lora.safetensors")), 1.0)])
+    assert torch.allclose(merged.blocks[0].self_attn.q.weight, weight + up @ down, atol=1e-6)
 
 
 def test_corrupt_foreign_and_incomplete_files_get_clear_errors(tmp_path):

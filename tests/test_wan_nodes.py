@@ -84,8 +84,8 @@ def test_changing_the_size_restarts_the_stream(models_dir):
 def test_sampler_validates_steps():
     validate = NODES["StreamVACESampler"].VALIDATE_INPUTS
     assert validate(steps="1000,750,500,250") is True
-    assert "decrease" in validate(steps="250,500")
-    assert "numbers" in validate(steps="fast")
+    assert "decreasing" in validate(steps="250,500")
+    assert "comma-separated numbers" in validate(steps="fast")
 
 
 def test_chunk_frames_follow_the_sampler_and_the_stream_saves_to_one_file(models_dir, tmp_path, monkeypatch):
@@ -122,3 +122,18 @@ def test_decoder_fills_in_chunks_a_failed_run_never_delivered(models_dir):
     sampler.sample(**args)  # ... whose second run failed before its decoder ran
     filled = decoder.decode(vae, sampler.sample(**args)[0], "d", False)[0]
     assert filled.shape[0] == 24 and torch.allclose(filled, torch.cat(expected[1:]), atol=1e-5)
+
+
+def test_free_streams_frees_the_stream_and_the_models(models_dir):
+    from streamvace.nodes import model_cache
+    from streamvace.nodes.streams import registry
+
+    model, _ = _load(models_dir)
+    NODES["StreamVACESampler"]().sample(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="f",
+                                        reset=False, width=W, height=H, chunks=1, seed=0, cache_policy="longlive",
+                                        steps="1000", warp_steps=True)
+    assert registry("wan").get("f") is not None
+    report = NODES["StreamVACEFreeStreams"]().free("f", True)
+    assert registry("wan").get("f") is None and report["ui"]["text"] == ["freed 1 stream(s) and the models"]
+    assert _load(models_dir)[0] is not model  # loaded again
+    assert not model_cache._MODELS or all(v is not model for v in model_cache._MODELS.values())
