@@ -149,3 +149,10 @@ def frame_shape_of(x: torch.Tensor) -> tuple:
     """The (batch, height, width, dtype, device) signature that must stay fixed within a stream."""
     return (x.shape[0], x.shape[-2], x.shape[-1], x.dtype, x.device)
 
+
+def begin_call(cache: VAECache, owner: str, role: str, x: torch.Tensor) -> tuple:
+    """Check that `cache` belongs to this VAE direction and stream, and open a step on it: (frame shape, step)."""
+    cache.check_owner(owner, role)
+    shape = frame_shape_of(x)
+    cache.check_frame_shape(shape)
+    return shape, CacheStep(cache)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from .checkpoint_io import CheckpointError, key_summary, read_checkpoint
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
-from .vae_cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, VAECache, check_latent_chunk,
-                        check_video_chunk, frame_shape_of)
+from .vae_cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, VAECache, begin_call, check_latent_chunk,
+                        check_video_chunk)
 from .vae_checkpoints import vae_state_dict, wrong_file
 from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
 
@@ -144,12 +144,9 @@ class WanVAE(nn.Module):
     def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
         cache = self.new_encoder_cache() if cache is None else cache
-        cache.check_owner(self._owner, "encoder")
         check_video_chunk(video, cache.first_chunk)
         x = video.to(device=self.device, dtype=self.dtype)
-        shape = frame_shape_of(x)
-        cache.check_frame_shape(shape)
-        step = CacheStep(cache)
+        shape, step = begin_call(cache, self._owner, "encoder", x)
         pieces = []
         if step.first:  # frame 0 alone becomes latent 0
             pieces.append(self.encoder(x[:, :, :1], step))
@@ -167,13 +164,10 @@ class WanVAE(nn.Module):
     def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
         cache = self.new_decoder_cache() if cache is None else cache
-        cache.check_owner(self._owner, "decoder")
         check_latent_chunk(latents)
         raw = denormalize_latents(latents.to(device=self.device, dtype=torch.float32)).to(self.dtype)
-        shape = frame_shape_of(raw)
-        cache.check_frame_shape(shape)
+        shape, step = begin_call(cache, self._owner, "decoder", raw)
         x = self.conv2(raw)
-        step = CacheStep(cache)
         pieces = []
         if step.first:  # latent 0 alone decodes to frame 0
             pieces.append(self.decoder(x[:, :, :1], step))
