@@ -5,18 +5,16 @@ import sys
 
 
 def _info(args) -> int:
-    """Print the version, the registered nodes and the compute devices."""
+    """Print the version, the compute devices and the attention kernels (the node layer is not loaded)."""
     import torch
 
-    from . import NODE_CLASS_MAPPINGS, __version__
-    from .nodes import LOAD_ERRORS
+    from . import __version__
+    from .models.wan.attention import available_backends
 
     print(f"StreamVACE {__version__}, torch {torch.__version__}, "
           f"CUDA {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
-    print(f"{len(NODE_CLASS_MAPPINGS)} nodes: {', '.join(sorted(NODE_CLASS_MAPPINGS))}")
-    for name, error in LOAD_ERRORS.items():
-        print(f"node module {name} failed to load: {error}", file=sys.stderr)
-    return 1 if LOAD_ERRORS else 0
+    print(f"attention kernels: {', '.join(available_backends())}")
+    return 0
 
 
 def _annotate(args) -> int:

@@ -34,10 +34,10 @@ if importlib.util.find_spec("streamvace") is None:  # a plain checkout: import i
     sys.modules["streamvace"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["streamvace"])
 
-from streamvace.models.dreamlite_loader import MOBILE_UNET_CONFIG, DreamLiteModels  # noqa: E402
-from streamvace.models.dreamlite_pipeline import StylizeModel, StylizeOptions  # noqa: E402
-from streamvace.models.dreamlite_text import EDIT_INSTRUCTION, EDIT_SYSTEM_PREFIX, EditPromptEncoder  # noqa: E402
-from streamvace.models.temporal_lllite import TemporalLLLite  # noqa: E402
+from streamvace.models.dreamlite.loader import MOBILE_UNET_CONFIG, DreamLiteModels  # noqa: E402
+from streamvace.models.dreamlite.pipeline import StylizeModel, StylizeOptions  # noqa: E402
+from streamvace.models.dreamlite.text_encoder import EDIT_INSTRUCTION, EDIT_SYSTEM_PREFIX, EditPromptEncoder  # noqa: E402
+from streamvace.models.dreamlite.temporal_lllite import TemporalLLLite  # noqa: E402
 
 # the table: their pipeline (dreamlite-stream's loop) on one H100 80GB, 512², 1 step, bf16, 38 hooks
 CONFIGS = [

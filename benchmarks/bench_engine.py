@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from streamvace.models.kv_cache import cache_policy
-from streamvace.models.stream import StreamConfig, VaceInput, WanStream
-from streamvace.models.stream_session import Control, StreamSession
-from streamvace.models.tiny_vae import TinyVAE
-from streamvace.models.vace_reference import VaceReference
-from streamvace.models.wan_dit import WanConfig, WanDiT
-from streamvace.models.wan_vae import WanVAE, WanVAEConfig
+from streamvace.models.wan.kv_cache import cache_policy
+from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.wan.stream_session import Control, StreamSession
+from streamvace.models.vae.tiny_vae import TinyVAE
+from streamvace.models.wan.vace_reference import VaceReference
+from streamvace.models.wan.dit import WanConfig, WanDiT
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig
 
 FULL = WanConfig(num_vace_blocks=15)  # Wan2.1-VACE-1.3B: dim 1536, 30 blocks, 15 VACE blocks
 SMOKE = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, num_vace_blocks=2)

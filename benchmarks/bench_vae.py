@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from streamvace.models.tiny_vae import TinyVAE, load_tiny_vae
-from streamvace.models.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
+from streamvace.models.vae.tiny_vae import TinyVAE, load_tiny_vae
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -7,6 +7,7 @@ import torch
 from . import host
 from .model_cache import cached, file_key
 from .streams import registry
+from .types import STREAM_INPUTS  # noqa: F401 (re-exported for the annotator node modules)
 
 # models/<folder> in ComfyUI (outside it: $STREAMVACE_MODELS_DIR/<folder>)
 DEPTH_FOLDER = "depthanything"
@@ -17,13 +18,6 @@ SCRIBBLE_FOLDER = "scribble"
 RAFT_FOLDER = "raft"
 for _folder in (DEPTH_FOLDER, POSE_FOLDER, DETECTION_FOLDER, SAM2_FOLDER, SCRIBBLE_FOLDER, RAFT_FOLDER):
     host.register_model_folder(_folder)
-
-STREAM_INPUTS = {
-    "stream_id": ("STRING", {"default": "main", "tooltip": "Name of the stream; queued runs with the same id "
-                             "continue it (state carried between chunks)."}),
-    "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the stream afresh on this run."}),
-}
-
 
 class StreamingNode:
     """Base of the nodes that continue a stream (state in the stream registry): they run on every queue."""

@@ -5,10 +5,10 @@ import os
 
 import torch
 
-from ..models.dreamlite_loader import LICENCE_NOTE, load_dreamlite
-from ..models.dreamlite_pipeline import StylizeModel, StylizeOptions, resize_frames
-from ..models.flicker_metrics import flicker_report
-from ..models.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
+from ..models.dreamlite.loader import LICENCE_NOTE, load_dreamlite
+from ..models.dreamlite.pipeline import StylizeModel, StylizeOptions, resize_frames
+from ..models.dreamlite.flicker_metrics import flicker_report
+from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
 from . import host, streams
 from .model_cache import cached, file_key
 

@@ -68,3 +68,9 @@ def free_streams(stream_id: str = "") -> list:
                 reg.reset(sid)
                 freed.append(f"{kind}:{sid}")
     return freed
+
+
+def stream_latents(stream_id: str, start: int, end: int):
+    """Normalised latents of latent frames [start, end) of a sampler stream, or None if no longer held."""
+    session = registry("wan").get(stream_id)
+    return None if session is None else session.stream.clean_latents(start, end)

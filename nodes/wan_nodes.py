@@ -6,19 +6,19 @@ keyed by stream_id: queue the graph N times and it generates N consecutive piece
 
 import torch
 
-from ..models import attention as attention_backends
-from ..models.kv_cache import cache_policy as make_cache_policy
-from ..models.latent_format import latents_to_comfy
-from ..models.sampler import sigma_schedule
-from ..models.stream import StreamConfig
-from ..models.stream_session import TIMINGS, Control, StreamSession
-from ..models.vace_context import pixel_frame_start
-from ..models.wan_checkpoint import load_wan_model
+from ..models.wan import attention as attention_backends
+from ..models.wan.kv_cache import cache_policy as make_cache_policy
+from ..models.vae.latent_format import latents_to_comfy
+from ..models.wan.sampler import sigma_schedule
+from ..models.wan.stream import StreamConfig
+from ..models.wan.stream_session import TIMINGS, Control, StreamSession
+from ..models.wan.vace_context import pixel_frame_start
+from ..models.wan.checkpoint import load_wan_model
 from . import host
 from .model_cache import cached, file_key
 from .convert import image_to_video, mask_to_video
 from .streams import registry
-from .vae_nodes import DTYPES, VAE_TYPE
+from .types import DTYPES, VAE_TYPE
 
 MODEL_TYPE, LORA_TYPE, CONTROL_TYPE = "STREAMVACE_MODEL", "STREAMVACE_LORA", "STREAMVACE_CONTROL"
 POLICIES = ("longlive", "motionstream", "full")
@@ -193,12 +193,6 @@ class StreamVACESampler:
         # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills
         # in chunks that a failed or interrupted run generated but never delivered (see stream_latents)
         return ({**latents_to_comfy(latents), "stream_id": stream_id, "stream_frame": first_frame},)
-
-
-def stream_latents(stream_id: str, start: int, end: int):
-    """Normalised latents of latent frames [start, end) of a sampler stream, or None if no longer held."""
-    session = registry("wan").get(stream_id)
-    return None if session is None else session.stream.clean_latents(start, end)
 
 
 class StreamVACEChunkFrames:

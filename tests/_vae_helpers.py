@@ -5,8 +5,8 @@ import math
 import torch
 from safetensors.torch import save_file
 
-from streamvace.models.tiny_vae import TinyVAE
-from streamvace.models.wan_vae import WanVAE, WanVAEConfig
+from streamvace.models.vae.tiny_vae import TinyVAE
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig
 
 TINY_WAN_DIM = 8
 TINY_TAE_WIDTHS = dict(encoder_width=8, decoder_widths=(16, 8, 8, 8))

@@ -14,7 +14,7 @@ from diffusers import AutoencoderTiny, DreamLiteUNetModel, FlowMatchEulerDiscret
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from streamvace.models.dreamlite_text import EDIT_INSTRUCTION, EDIT_SYSTEM_PREFIX
+from streamvace.models.dreamlite.text_encoder import EDIT_INSTRUCTION, EDIT_SYSTEM_PREFIX
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]

@@ -7,7 +7,7 @@ import torch
 from dreamlite_tiny import random_frames
 from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 
-from streamvace.models.flicker_metrics import flicker_report, high_frequency_energy, sobel_sharpness, warping_error
+from streamvace.models.dreamlite.flicker_metrics import flicker_report, high_frequency_energy, sobel_sharpness, warping_error
 from streamvace.models.flow_warp import FlowWorkers, farneback_flow, gray_uint8, wait_flows, warp_backward
 
 

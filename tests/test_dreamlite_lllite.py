@@ -9,8 +9,8 @@ from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from safetensors.torch import save_file
 
 from streamvace.models.checkpoint_io import CheckpointError
-from streamvace.models.dreamlite_loader import MOBILE_UNET_CONFIG
-from streamvace.models.temporal_lllite import (WIDTH_CONCAT, TemporalLLLite, conditioning_encoder, hook_key,
+from streamvace.models.dreamlite.loader import MOBILE_UNET_CONFIG
+from streamvace.models.dreamlite.temporal_lllite import (WIDTH_CONCAT, TemporalLLLite, conditioning_encoder, hook_key,
                                                lllite_target_names)
 
 SIZE = 64  # pixels; latents 8x8, concatenated to 8x16

@@ -12,7 +12,7 @@ from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from transformers import Qwen3VLModel
 
 from streamvace.models.checkpoint_io import CheckpointError
-from streamvace.models.dreamlite_loader import check_dreamlite_folder, load_dreamlite
+from streamvace.models.dreamlite.loader import check_dreamlite_folder, load_dreamlite
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from dreamlite_tiny import build_tiny_dreamlite, random_frames
 from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from safetensors.torch import save_file
 
-from streamvace.models.dreamlite_loader import load_dreamlite
-from streamvace.models.temporal_lllite import TemporalLLLite
+from streamvace.models.dreamlite.loader import load_dreamlite
+from streamvace.models.dreamlite.temporal_lllite import TemporalLLLite
 from streamvace.nodes.dreamlite_nodes import (StreamVACEDreamLiteLoader, StreamVACEDreamLiteStylize,
                                               StreamVACEFlickerMetric)
 from streamvace.nodes.streams import registry

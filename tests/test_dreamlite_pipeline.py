@@ -9,9 +9,9 @@ from dreamlite_tiny import build_tiny_dreamlite, random_frames
 from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from PIL import Image
 
-from streamvace.models.dreamlite_loader import load_dreamlite
-from streamvace.models.dreamlite_pipeline import DreamLiteStylizer, StylizeOptions, flow_match_shift, resize_frames
-from streamvace.models.temporal_lllite import TemporalLLLite
+from streamvace.models.dreamlite.loader import load_dreamlite
+from streamvace.models.dreamlite.pipeline import DreamLiteStylizer, StylizeOptions, flow_match_shift, resize_frames
+from streamvace.models.dreamlite.temporal_lllite import TemporalLLLite
 
 SIZE = 64
 PROMPT = "an oil painting style"

@@ -7,7 +7,7 @@ from dreamlite_tiny import random_frames, tiny_text_encoder, tiny_tokenizer
 from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from transformers import Qwen2VLImageProcessor, Qwen3VLModel
 
-from streamvace.models.dreamlite_text import (EDIT_INSTRUCTION, EDIT_TEMPLATE, IMAGE_TOKEN, EditPromptEncoder,
+from streamvace.models.dreamlite.text_encoder import (EDIT_INSTRUCTION, EDIT_TEMPLATE, IMAGE_TOKEN, EditPromptEncoder,
                                               VisionPatching)
 
 PROMPT = "an oil painting style"

@@ -4,10 +4,10 @@ forwards under the equivalent block-causal mask (same sink / window), for T2V, V
 import pytest
 import torch
 
-from streamvace.models.kv_cache import CacheFullError, CachePolicy, KVCache, cache_policy
-from streamvace.models.sampler import chunk_seed
-from streamvace.models.stream import StreamConfig, VaceInput, WanStream
-from streamvace.models.vace_reference import VaceReference
+from streamvace.models.wan.kv_cache import CacheFullError, CachePolicy, KVCache, cache_policy
+from streamvace.models.wan.sampler import chunk_seed
+from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.wan.vace_reference import VaceReference
 
 from wan_tiny import DEVICE, TEXT_DIM, reference_generation, tiny_model
 

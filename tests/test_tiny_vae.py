@@ -7,9 +7,9 @@ from _vae_helpers import (TINY_TAE_WIDTHS, random_video, relative_error, save_we
                           wan_vae_state_dict)
 
 from streamvace.models.checkpoint_io import CheckpointError
-from streamvace.models.tiny_vae import MemBlock, TGrow, TinyVAE, TPool, load_tiny_vae
-from streamvace.models.vae_stream import DecodeStream, EncodeStream
-from streamvace.models.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
+from streamvace.models.vae.tiny_vae import MemBlock, TGrow, TinyVAE, TPool, load_tiny_vae
+from streamvace.models.vae.stream import DecodeStream, EncodeStream
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
 
 TOLERANCE = 1e-4
 

@@ -4,12 +4,12 @@ cuts control videos into chunks, against VACE's whole-clip math on the same tiny
 import pytest
 import torch
 
-from streamvace.models.stream import StreamConfig, VaceInput, WanStream
-from streamvace.models.stream_session import Control, StreamSession
-from streamvace.models.tiny_vae import TinyVAE
-from streamvace.models.vace_context import (VaceContextBuilder, frame_reference_control, mask_to_latent_channels,
+from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
+from streamvace.models.wan.stream_session import Control, StreamSession
+from streamvace.models.vae.tiny_vae import TinyVAE
+from streamvace.models.wan.vace_context import (VaceContextBuilder, frame_reference_control, mask_to_latent_channels,
                                              pixel_frame_start, pixel_frames_for_chunk)
-from streamvace.models.wan_vae import WanVAE, WanVAEConfig
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig
 
 from _vae_helpers import TINY_TAE_WIDTHS, random_video, tiny_vae_state_dict, wan_vae_state_dict
 from wan_tiny import TEXT_DIM, tiny_model

@@ -5,7 +5,7 @@ import pytest
 import torch
 from _vae_helpers import random_video, relative_error, save_weights, tiny_vae_state_dict, wan_vae_state_dict
 
-from streamvace.models.latent_format import denormalize_latents
+from streamvace.models.vae.latent_format import denormalize_latents
 from streamvace.nodes import NODE_CLASS_MAPPINGS
 from streamvace.nodes.convert import video_to_image
 from streamvace.nodes.streams import registry
@@ -71,7 +71,7 @@ def test_nodes_report_bad_input_and_keep_the_stream(models_dir):
 
 
 def test_latent_conversion_at_the_node_boundary():
-    from streamvace.models.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD, comfy_to_latents, latents_to_comfy
+    from streamvace.models.vae.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD, comfy_to_latents, latents_to_comfy
 
     latents = torch.randn(2, 16, 3, 4, 6)
     raw = latents_to_comfy(latents)["samples"]

@@ -11,7 +11,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors.torch import save_file
 
 from streamvace.models.checkpoint_io import CheckpointError
-from streamvace.models.wan_checkpoint import load_wan_model
+from streamvace.models.wan.checkpoint import load_wan_model
 
 from wan_tiny import TEXT_DIM, TINY, tiny_model
 

@@ -4,10 +4,10 @@ N queued runs of the same graph give N consecutive chunks of one video."""
 import pytest
 import torch
 
-from streamvace.models.latent_format import comfy_to_latents
-from streamvace.models.stream import StreamConfig
-from streamvace.models.stream_session import StreamSession
-from streamvace.models.wan_checkpoint import load_wan_model
+from streamvace.models.vae.latent_format import comfy_to_latents
+from streamvace.models.wan.stream import StreamConfig
+from streamvace.models.wan.stream_session import StreamSession
+from streamvace.models.wan.checkpoint import load_wan_model
 from streamvace.nodes import NODE_CLASS_MAPPINGS as NODES
 from streamvace.nodes.streams import free_streams
 

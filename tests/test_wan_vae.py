@@ -8,9 +8,9 @@ from diffusers import AutoencoderKL, AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from streamvace.models.checkpoint_io import CheckpointError
-from streamvace.models.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD
-from streamvace.models.vae_cache import frames_per_chunk, latents_per_chunk
-from streamvace.models.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
+from streamvace.models.vae.latent_format import WAN21_LATENT_MEAN, WAN21_LATENT_STD
+from streamvace.models.vae.cache import frames_per_chunk, latents_per_chunk
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig, load_wan_vae
 
 TOLERANCE = 1e-4
 

@@ -8,12 +8,12 @@ import os
 
 import torch
 
-from streamvace.models.kv_cache import CachePolicy
-from streamvace.models.sampler import model_timestep, predict_x0, renoise
-from streamvace.models.vace import combine_hints, vace_hints
-from streamvace.models.attention import attention
-from streamvace.models.rope import RotaryTable
-from streamvace.models.wan_dit import WanConfig, WanDiT
+from streamvace.models.wan.kv_cache import CachePolicy
+from streamvace.models.wan.sampler import model_timestep, predict_x0, renoise
+from streamvace.models.wan.vace import combine_hints, vace_hints
+from streamvace.models.wan.attention import attention
+from streamvace.models.wan.rope import RotaryTable
+from streamvace.models.wan.dit import WanConfig, WanDiT
 
 # 2 heads of 128 (Wan's head size, so WanConfig.from_state_dict reads the real head count back), 4 blocks.
 TINY = dict(dim=256, ffn_dim=384, num_heads=2, num_layers=4, text_dim=64, freq_dim=32)

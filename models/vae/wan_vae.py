@@ -5,7 +5,7 @@ Module tree and key names are those of Wan-AI's `Wan2.1_VAE.pth` (also Comfy-Org
 `decoder.{conv1,middle,upsamples,head}`. Widths, depth and the temporal layout are read from the
 weights, so the same code loads the real file and tiny test VAEs.
 
-Usage (normalised latents in and out; see models/vae_cache.py for the chunk frame-count rules):
+Usage (normalised latents in and out; see models/vae/cache.py for the chunk frame-count rules):
 
     vae = load_wan_vae("Wan2.1_VAE.pth", dtype=torch.bfloat16, device="cuda")
     enc = vae.new_encoder_cache()
@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
-from .vae_cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, VAECache, begin_call, check_latent_chunk,
+from .cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, VAECache, begin_call, check_latent_chunk,
                         check_video_chunk)
-from .vae_checkpoints import vae_state_dict, wrong_file
+from .checkpoints import vae_state_dict, wrong_file
 from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
 
 EXPECTED_FILE = "the Wan2.1 VAE (Wan2.1_VAE.pth or wan_2.1_vae.safetensors)"

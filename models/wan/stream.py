@@ -15,7 +15,7 @@ from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
 from .vace import combine_hints, vace_hints
-from .wan_dit import WanDiT
+from .dit import WanDiT
 
 VAE_SPATIAL = 8
 

@@ -6,7 +6,7 @@ Both VAE loaders read files with models.checkpoint_io.read_checkpoint, flatten t
 
 import torch
 
-from .checkpoint_io import CheckpointError, key_summary
+from ..checkpoint_io import CheckpointError, key_summary
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "vae")
 _PREFIXES = ("first_stage_model.", "vae.", "model.")

@@ -8,7 +8,7 @@ The whole network is causal with one frame of memory per MemBlock, so a stream i
 chunk, all frames of a chunk in parallel, with each MemBlock's last input frame carried in the cache:
 exactly the result of one pass over the whole clip.
 
-Conventions, and how they are matched to the Wan VAE (see models/vae_cache.py):
+Conventions, and how they are matched to the Wan VAE (see models/vae/cache.py):
 - TAEHV works on [0,1] images in NTCHW order in the diffusion model's normalised latent space. This
   class takes and returns the engine's layouts: video [B,3,T,H,W] in [-1,1], normalised latents
   [B,16,t,h,w] (no scaling, as TAEHV).
@@ -26,11 +26,11 @@ Conventions, and how they are matched to the Wan VAE (see models/vae_cache.py):
 import torch
 import torch.nn as nn
 
-from .checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
 from .latent_format import LATENT_CHANNELS
-from .vae_cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, VAECache, begin_call, check_latent_chunk,
+from .cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, VAECache, begin_call, check_latent_chunk,
                         check_video_chunk)
-from .vae_checkpoints import vae_state_dict, wrong_file
+from .checkpoints import vae_state_dict, wrong_file
 
 EXPECTED_FILE = "a TAEHV tiny VAE for Wan2.1 (taew2_1.pth or taew2_1.safetensors)"
 ENCODER_TIME_STRIDES = (2, 2, 1)  # TPool at encoder.{2,7,12}

@@ -1,4 +1,4 @@
-"""Wan2.1 DiT checkpoints in every distribution users have, loaded into models/wan_dit.py.
+"""Wan2.1 DiT checkpoints in every distribution users have, loaded into models/wan/dit.py.
 
 Handled: Wan-AI files (no prefix, possibly sharded in a folder), Comfy-Org repackaged single files
 (`model.diffusion_model.`), Self-Forcing / LongLive training checkpoints (`generator` / `generator_ema`
@@ -13,8 +13,8 @@ import re
 
 import torch
 
-from .checkpoint_io import CheckpointError, key_summary, read_checkpoint
-from .wan_dit import WanConfig, WanDiT
+from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from .dit import WanConfig, WanDiT
 
 WRAPPERS = ("generator_ema", "generator", "generator_lora", "state_dict", "model", "module")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "model.", "transformer.")

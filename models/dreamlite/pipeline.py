@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import torch
 
-from .dreamlite_loader import DreamLiteModels
-from .flow_warp import FlowWorkers, gray_uint8, wait_flows, warp_backward
+from .loader import DreamLiteModels
+from ..flow_warp import FlowWorkers, gray_uint8, wait_flows, warp_backward
 
 SIZE_MULTIPLE = 32  # VAE /8 times the U-Net's two downsamples; also the deepest LLLite stride
 

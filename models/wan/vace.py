@@ -6,14 +6,14 @@ hint_M = after_proj(c);  base block vace_layers[M] adds hint_M * context_scale. 
 
 Streaming adaptation: VACE blocks attend within the current chunk only (no KV cache over past chunks);
 reference images never enter the denoised latent: their context tokens sit in front of the chunk in the
-VACE branch, and their K/V are computed once per stream (see models/stream.py).
+VACE branch, and their K/V are computed once per stream (see models/wan/stream.py).
 """
 
 import torch
 import torch.nn as nn
 
 from .rope import RotaryTable
-from .wan_blocks import WanBlock
+from .blocks import WanBlock
 
 
 class VaceBlock(WanBlock):

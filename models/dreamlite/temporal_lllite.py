@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
 
 LLLITE_PROJECTIONS = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn2.to_q")
 HOOK_SUBSETS = {

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from .stream import StreamConfig, VaceInput, WanStream
-from .vae_stream import same_weights
+from ..vae.stream import same_weights
 from .vace_reference import VaceReference
 from .vace_context import VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start
-from .wan_dit import WanDiT
+from .dit import WanDiT
 
 TIMINGS = ("stream", "call")
 

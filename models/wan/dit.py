@@ -2,7 +2,7 @@
 `time_embedding`, `time_projection`, `blocks.N`, `head`, `vace_blocks.M`, `vace_patch_embedding`.
 
 Every size is read from the weights (1.3B, 14B, tiny test models). The forward is split into small steps
-(embed text / time, patchify, run blocks, head, unpatchify) that the streaming loop (models/stream.py)
+(embed text / time, patchify, run blocks, head, unpatchify) that the streaming loop (models/wan/stream.py)
 and the full-sequence reference forward below share, so both run exactly the same math.
 """
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .attention import attention
 from .rope import RotaryTable
 from .vace import VaceBlock, combine_hints, vace_hints, vace_layer_map
-from .wan_blocks import WanBlock, WanHead
+from .blocks import WanBlock, WanHead
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint_io import CheckpointError
-from .dreamlite_text import EditPromptEncoder, VisionPatching
+from ..checkpoint_io import CheckpointError
+from .text_encoder import EditPromptEncoder, VisionPatching
 
 LICENCE_NOTE = "DreamLite weights are licensed CC BY-NC 4.0 (non-commercial use only)."
 DOWNLOAD_HINT = ("Download the diffusers layout: huggingface-cli download carlofkl/DreamLite-mobile "

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from .flow_warp import farneback_flow, gray_uint8, warp_backward
+from ..flow_warp import farneback_flow, gray_uint8, warp_backward
 
 
 @dataclass
