@@ -106,15 +106,39 @@ def check_interrupted() -> None:
         model_management.throw_exception_if_processing_interrupted()
 
 
+PREVIEW_SIZE = 512  # ComfyUI's default --preview-size
+
+
+def _preview_size() -> int:
+    cli_args = _comfy("comfy.cli_args")
+    return int(getattr(getattr(cli_args, "args", None), "preview_size", PREVIEW_SIZE) or PREVIEW_SIZE)
+
+
 class Progress:
-    """A progress bar shown on the node in ComfyUI (silent outside it); also checks for Cancel."""
+    """A progress bar shown on the node in ComfyUI (silent outside it); also checks for Cancel and shows previews."""
 
     def __init__(self, total: int):
         utils = _comfy("comfy.utils")
-        self._bar = utils.ProgressBar(total) if utils is not None and inside_comfyui() else None
+        self.total, self.current = max(1, int(total)), 0
+        self._bar = utils.ProgressBar(self.total) if utils is not None and inside_comfyui() else None
 
     def update(self, steps: int = 1) -> None:
         """Advance by `steps` and raise if the user interrupted."""
         check_interrupted()
+        self.current = min(self.total, self.current + steps)
         if self._bar is not None:
-            self._bar.update(steps)
+            self._bar.update_absolute(self.current, self.total)
+
+    @property
+    def shows_previews(self) -> bool:
+        """True inside ComfyUI, where previews reach the UI (outside it, skip computing them)."""
+        return self._bar is not None
+
+    def preview(self, image: torch.Tensor) -> None:
+        """Show an image [H, W, 3] in [0, 1] on the node, as ComfyUI's sampler previews do (no-op outside it)."""
+        if self._bar is None:
+            return
+        from PIL import Image  # ComfyUI always has Pillow; the engine and the tests outside ComfyUI do not need it
+
+        pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        self._bar.update_absolute(self.current, self.total, ("JPEG", Image.fromarray(pixels), _preview_size()))

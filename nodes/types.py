@@ -12,3 +12,4 @@ STREAM_INPUTS = {
                                                           "continues it where the last run stopped."}),
     "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the stream over (the next chunk is a first chunk)."}),
 }
+PROMPTS_TYPE = "STREAMVACE_PROMPTS"

@@ -4,11 +4,14 @@ The sampler keeps its stream (KV cache, prompt cache, VACE encoder streams) in t
 keyed by stream_id: queue the graph N times and it generates N consecutive pieces of one video.
 """
 
+import dataclasses
+
 import torch
 
 from ..models.wan import attention as attention_backends
 from ..models.wan.kv_cache import cache_policy as make_cache_policy
 from ..models.vae.latent_format import latents_to_comfy
+from ..models.vae.latent_preview import chunk_preview
 from ..models.wan.sampler import sigma_schedule
 from ..models.wan.stream import StreamConfig
 from ..models.wan.stream_session import TIMINGS, Control, StreamSession
@@ -18,7 +21,7 @@ from . import host
 from .model_cache import cached, file_key
 from .convert import image_to_video, mask_to_video
 from .streams import registry
-from .types import DTYPES, VAE_TYPE
+from .types import DTYPES, PROMPTS_TYPE, VAE_TYPE
 
 MODEL_TYPE, LORA_TYPE, CONTROL_TYPE = "STREAMVACE_MODEL", "STREAMVACE_LORA", "STREAMVACE_CONTROL"
 POLICIES = ("longlive", "motionstream", "full")
@@ -133,7 +136,9 @@ class StreamVACESampler:
     DESCRIPTION = ("Causal streaming generation (LongLive / Self-Forcing): each run continues the stream named "
                    "stream_id by 'chunks' chunks of 3 latent frames (the first chunk decodes to 9 frames, each later "
                    "one to 12). The KV cache keeps an attention sink and a rolling window, so every chunk costs the "
-                   "same however long the video gets. Changing size, seed, policy or steps restarts the stream.")
+                   "same however long the video gets. Changing size, policy or steps restarts the stream; a new "
+                   "seed only changes the noise from the next chunk on (the video goes on). Optional: a prompt "
+                   "schedule (a prompt per chunk), a clip to continue (prefill), a tiny VAE for previews.")
     CATEGORY = "StreamVACE/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("samples",)
@@ -156,8 +161,17 @@ class StreamVACESampler:
             "steps": ("STRING", {"default": "1000,750,500,250", "tooltip": "Nominal denoising timesteps."}),
             "warp_steps": ("BOOLEAN", {"default": True, "tooltip": "Warp the steps through the shift-5 schedule as "
                                                                    "LongLive / Self-Forcing were trained."}),
-        }, "optional": {"vae": (VAE_TYPE, {"tooltip": "Needed to encode VACE controls."}),
-                        "control": (CONTROL_TYPE,)}}
+        }, "optional": {
+            "vae": (VAE_TYPE, {"tooltip": "Needed to encode VACE controls and a prefill clip."}),
+            "control": (CONTROL_TYPE,),
+            "prompts": (PROMPTS_TYPE, {"tooltip": "A Prompt Schedule: a prompt per chunk index, switched with the "
+                        "KV re-cache. Before its first entry, positive holds."}),
+            "prefill": ("IMAGE", {"tooltip": "An existing clip (at least 9 frames) the stream continues: when the "
+                        "stream starts (first run or reset) its last 9 + 12k frames are encoded with vae and "
+                        "cached, and generation goes on from there. Later runs ignore it."}),
+            "preview_vae": (VAE_TYPE, {"tooltip": "A tiny VAE (taew2_1) for full-size previews of each chunk while "
+                            "sampling; without it the previews are a cheap latent-to-RGB approximation."}),
+        }}
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
@@ -174,7 +188,7 @@ class StreamVACESampler:
         return True
 
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
-               warp_steps, vae=None, control=None):
+               warp_steps, vae=None, control=None, prompts=None, prefill=None, preview_vae=None):
         """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
         step_list = tuple(float(s) for s in steps.split(","))
         config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
@@ -183,13 +197,21 @@ class StreamVACESampler:
         if reset:
             streams.reset(stream_id)
         model_key = getattr(model, "streamvace_key", id(model))
-        session = streams.get_or_create(stream_id, (model_key, config), lambda: StreamSession(model, config, vae))
+        # the seed is not part of what restarts a stream: the frontend randomises it after every run
+        signature = (model_key, dataclasses.replace(config, seed=0))
+        session = streams.get_or_create(stream_id, signature, lambda: StreamSession(model, config, vae))
         session.use_model(model)
         session.use_vae(vae)
-        session.set_prompt(positive[0][0])
+        session.set_seed(seed)
+        scheduled = None if prompts is None else prompts.at(session.chunks_done)  # no needless switch and back
+        session.set_prompt(positive[0][0] if scheduled is None else scheduled)
+        if prefill is not None and session.chunks_done == 0:
+            session.prefill_video(image_to_video(prefill))
         progress = host.Progress(chunks * (len(step_list) + 1))
         first_frame = session.stream.frames_done
-        latents = session.generate(chunks, control or (), on_step=lambda i, n: progress.update(1))
+        preview = (lambda z: progress.preview(chunk_preview(z, preview_vae))) if progress.shows_previews else None
+        latents = session.generate(chunks, control or (), on_step=lambda i, n: progress.update(1), prompts=prompts,
+                                   on_chunk=preview)
         # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills
         # in chunks that a failed or interrupted run generated but never delivered (see stream_latents)
         return ({**latents_to_comfy(latents), "stream_id": stream_id, "stream_frame": first_frame},)
@@ -215,7 +237,7 @@ class StreamVACEChunkFrames:
             "stream_id": ("STRING", {"default": "main", "tooltip": "The Stream Sampler's stream_id."}),
             "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "The Stream Sampler's chunks."}),
             "reset": ("BOOLEAN", {"default": False, "tooltip": "Wire the sampler's reset here too (a sampler "
-                                  "that restarts because its size, seed or steps changed also needs it)."}),
+                                  "that restarts because its size, policy or steps changed also needs it)."}),
         }}
 
     @classmethod

@@ -239,3 +239,27 @@ def test_prompt_switch_after_an_interrupted_chunk_ignores_its_partial_writes():
         return stream.next_chunk()
 
     assert torch.equal(run(True), run(False))
+
+
+def test_a_new_seed_takes_effect_from_the_next_chunk():
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=1, max_frames=12)
+    text = torch.randn(1, 4, TEXT_DIM)
+    constant = WanStream(model, config)
+    constant.set_prompt(text)
+    changed = WanStream(model, config)
+    changed.set_prompt(text)
+    first = [changed.next_chunk() for _ in range(2)]
+    assert all(torch.equal(a, constant.next_chunk()) for a in first)  # same seed so far
+    changed.set_seed(9)
+    later = [changed.next_chunk() for _ in range(2)]
+    assert changed.frames_done == 12 and rel_err(later[0], constant.next_chunk()) > 1e-3
+    schedule = [1, 1, 9, 9]  # the oracle: chunk c's noise drawn from chunk_seed(schedule[c], c)
+    noises = []
+    for c, seed in enumerate(schedule):
+        g = torch.Generator(DEVICE).manual_seed(chunk_seed(seed, c))
+        noises.append([torch.randn(changed.latent_shape, generator=g, device=DEVICE) for _ in config.steps])
+    with torch.no_grad():
+        expected = reference_generation(model, text, changed.sigmas, noises, config.policy, 3)
+    for c, (got, want) in enumerate(zip(first + later, expected)):
+        assert rel_err(got, want) <= 1e-4, f"chunk {c}"

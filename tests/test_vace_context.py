@@ -179,3 +179,55 @@ def test_control_joining_mid_stream_and_bad_controls():
     t2v.set_prompt(torch.randn(1, 4, TEXT_DIM))
     with pytest.raises(ValueError, match="no VACE blocks"):  # refused before any VAE work
         t2v.generate(1, [Control(frames=torch.zeros(3, 9, H, W))])
+
+
+def test_prompt_schedule_switches_at_its_chunks_like_set_prompt():
+    from streamvace.models.wan.prompt_schedule import PromptSchedule, parse_prompt_schedule
+
+    assert parse_prompt_schedule("# title\n0: a cat walking\n\n 8 : a dog: running ") == [
+        (0, "a cat walking"), (8, "a dog: running")]
+    for bad, message in (("a cat", "not 'chunk: prompt'"), ("0: a\n0: b", "given twice"), ("", "empty"),
+                         ("3:", "empty prompt")):
+        with pytest.raises(ValueError, match=message):
+            parse_prompt_schedule(bad)
+    model = tiny_model()
+    start, a, b = torch.randn(1, 5, TEXT_DIM), torch.randn(1, 4, TEXT_DIM), torch.randn(1, 6, TEXT_DIM)
+    session = StreamSession(model, StreamConfig(height=H, width=W, seed=2))
+    session.set_prompt(start)  # holds before the schedule's first entry
+    schedule = PromptSchedule(((1, a), (3, b)))
+    scheduled = torch.cat([session.generate(2, prompts=schedule) for _ in range(2)], dim=2)
+    plain = WanStream(model, StreamConfig(height=H, width=W, seed=2))
+    expected = []
+    for chunk, prompt in enumerate((start, a, None, b)):
+        if prompt is not None:
+            plain.set_prompt(prompt)
+        expected.append(plain.next_chunk())
+    assert torch.equal(scheduled, torch.cat(expected, dim=2))
+    assert schedule.at(0) is None and schedule.at(2) is a and schedule.at(99) is b
+
+
+def test_prefill_video_encodes_the_clip_and_continues_it():
+    vae = _vae("wan")
+    model = tiny_model()
+    config = StreamConfig(height=H, width=W, seed=3)
+    text = torch.randn(1, 4, TEXT_DIM)
+    clip = random_video(25, H, W, seed=4)[0]  # 25 frames: the last 21 (= 9 + 12) are used
+    session = StreamSession(model, config, vae)
+    session.set_prompt(text)
+    assert session.prefill_video(clip) == 21 and session.chunks_done == 2
+    continued = session.generate(1)
+    oracle = WanStream(model, config)
+    oracle.set_prompt(text)
+    with torch.no_grad():
+        latents = vae.encode(clip[None, :, 4:])  # the whole clip at once
+    for chunk in latents.split(3, dim=2):
+        oracle.prefill(chunk)
+    assert ((continued - oracle.next_chunk()).norm() / continued.norm()) <= 1e-4
+    with pytest.raises(ValueError, match="already has chunks"):
+        session.prefill_video(clip)
+    short = StreamSession(model, config, vae)
+    short.set_prompt(text)
+    with pytest.raises(ValueError, match="at least 9"):
+        short.prefill_video(clip[:, :8])
+    with pytest.raises(ValueError, match="needs a VAE"):
+        StreamSession(model, config).prefill_video(clip)

@@ -137,3 +137,84 @@ def test_free_streams_frees_the_stream_and_the_models(models_dir):
     assert registry("wan").get("f") is None and report["ui"]["text"] == ["freed 1 stream(s) and the models"]
     assert _load(models_dir)[0] is not model  # loaded again
     assert not model_cache._MODELS or all(v is not model for v in model_cache._MODELS.values())
+
+
+def test_a_new_seed_every_run_continues_one_stream(models_dir):
+    model, vae = _load(models_dir)
+    prompt = [[torch.randn(1, 7, TEXT_DIM), {}]]
+    sampler, decoder = NODES["StreamVACESampler"](), NODES["StreamVACEVAEDecodeStream"]()
+    args = dict(model=model, positive=prompt, stream_id="r", reset=False, width=W, height=H, chunks=1,
+                cache_policy="longlive", steps="1000,500", warp_steps=True)
+    runs = [sampler.sample(**args, seed=seed)[0] for seed in (11, 52, 7)]  # "randomize after generate"
+    assert [r["stream_frame"] for r in runs] == [0, 3, 6]
+    assert [decoder.decode(vae, r, "r", False)[0].shape[0] for r in runs] == [9, 12, 12]
+    session = StreamSession(model, StreamConfig(height=H, width=W, steps=(1000.0, 500.0), seed=11))
+    session.set_prompt(prompt[0][0])
+    expected = []
+    for seed in (11, 52, 7):
+        session.set_seed(seed)
+        expected.append(session.generate(1))
+    assert torch.allclose(torch.cat([comfy_to_latents(r) for r in runs], 2), torch.cat(expected, 2), atol=1e-5)
+    assert sampler.sample(**{**args, "reset": True}, seed=7)[0]["stream_frame"] == 0  # reset still restarts
+
+
+class _FakeCLIP:
+    """ComfyUI's CLIP object as CLIPTextEncode uses it: tokenize, then encode_from_tokens_scheduled."""
+
+    def __init__(self):
+        self.embeddings = {}
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens):
+        return [[self.embeddings.setdefault(tokens, torch.randn(1, 5, TEXT_DIM)), {}]]
+
+
+def test_prompt_schedule_and_prefill_reach_the_stream(models_dir):
+    model, vae = _load(models_dir)
+    clip = _FakeCLIP()
+    assert NODES["StreamVACEPromptSchedule"].VALIDATE_INPUTS(schedule="0 a cat") != True  # noqa: E712
+    prompts = NODES["StreamVACEPromptSchedule"]().encode(clip, "0: a cat\n2: a dog")[0]
+    positive = [[torch.randn(1, 7, TEXT_DIM), {}]]
+    clip_frames = torch.rand(9, H, W, 3)
+    sampler = NODES["StreamVACESampler"]()
+    args = dict(model=model, positive=positive, stream_id="p", reset=False, width=W, height=H, chunks=2, seed=4,
+                cache_policy="longlive", steps="1000,500", warp_steps=True, vae=vae, prompts=prompts,
+                prefill=clip_frames)
+    runs = [sampler.sample(**args)[0] for _ in range(2)]
+    assert [r["stream_frame"] for r in runs] == [3, 9]  # after the 3 prefilled latent frames
+    session = StreamSession(model, StreamConfig(height=H, width=W, steps=(1000.0, 500.0), seed=4), vae)
+    session.set_prompt(clip.embeddings["a cat"])
+    session.prefill_video(clip_frames.permute(3, 0, 1, 2) * 2 - 1)
+    expected = session.generate(1)  # chunk 1: the cat
+    session.set_prompt(clip.embeddings["a dog"])
+    expected = torch.cat([expected, session.generate(3)], 2)
+    got = torch.cat([comfy_to_latents(r) for r in runs], 2)
+    assert ((got - expected).norm() / expected.norm()) <= 1e-5
+
+
+def test_sampler_previews_every_chunk_through_comfyui_progress(models_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    from streamvace.nodes import host
+
+    model, vae = _load(models_dir)
+    calls = []
+
+    class ProgressBar:  # comfy.utils.ProgressBar's interface
+        def __init__(self, total):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            calls.append((value, total, preview))
+
+    fakes = {"comfy.utils": SimpleNamespace(ProgressBar=ProgressBar), "folder_paths": SimpleNamespace()}
+    monkeypatch.setattr(host, "_comfy", fakes.get)
+    NODES["StreamVACESampler"]().sample(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="v",
+                                        reset=False, width=W, height=H, chunks=2, seed=0, cache_policy="longlive",
+                                        steps="1000,500", warp_steps=True, preview_vae=vae)
+    previews = [(value, p) for value, _, p in calls if p is not None]
+    assert [value for value, _ in previews] == [3, 6] and [v for v, _, _ in calls][-1] == 6
+    kind, image, size = previews[0][1]
+    assert kind == "JPEG" and image.size == (W, H) and size == 512

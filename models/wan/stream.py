@@ -22,7 +22,8 @@ VAE_SPATIAL = 8
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Everything that fixes a stream's shapes and randomness; change any of it and the stream restarts."""
+    """Everything that fixes a stream's shapes; `seed` is only the starting seed (`WanStream.set_seed` changes it
+    from the next chunk on, so a node keys its streams on the config without the seed)."""
 
     height: int = 480
     width: int = 832
@@ -76,6 +77,7 @@ class WanStream:
         self.history = torch.zeros(c.batch, model.config.in_dim, self.cache.capacity_frames, *self.latent_shape[3:],
                                    device=self.device)
         self.text_kv = None
+        self.seed = c.seed
         self.prompt_version = 0
         self.chunks_done = 0
         self._recache_pending = False
@@ -99,8 +101,12 @@ class WanStream:
         self.prompt_version += 1
         self._recache_pending = recache and self.frames_done > 0
 
+    def set_seed(self, seed: int) -> None:
+        """Draw the noise of the next chunks from `seed` (chunk i uses chunk_seed(seed, i)); nothing restarts."""
+        self.seed = int(seed)
+
     def reset(self) -> None:
-        """Start the video over (the prompt and all buffers are kept)."""
+        """Start the video over (the prompt, the seed and all buffers are kept)."""
         self.cache.reset()
         self.chunks_done = 0
         self._recache_pending = False
@@ -195,7 +201,7 @@ class WanStream:
         slots = self.cache.slots(self.cache.frames, self.config.chunk_frames)
         rope = self._rope(slots.start_frame)
         attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
-        self.generator.manual_seed(chunk_seed(self.config.seed, self.chunks_done))
+        self.generator.manual_seed(chunk_seed(self.seed, self.chunks_done))
         x = torch.randn(self.latent_shape, generator=self.generator, device=self.device, out=self._noise)
         total = len(self.sigmas) + 1
         for step, sigma in enumerate(self.sigmas):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from .stream import StreamConfig, VaceInput, WanStream
 from ..vae.stream import same_weights
 from .vace_reference import VaceReference
-from .vace_context import VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start
+from .vace_context import (VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start,
+                           pixel_frames_for_chunk)
 from .dit import WanDiT
 
 TIMINGS = ("stream", "call")
@@ -93,6 +94,10 @@ class StreamSession:
             self.stream.set_prompt(text)
             self._prompt = text.clone()
 
+    def set_seed(self, seed: int) -> None:
+        """Draw the noise from `seed` from the next chunk on; the video continues (nothing restarts)."""
+        self.stream.set_seed(seed)
+
     def use_model(self, model: WanDiT) -> None:
         """Continue with another copy of the same weights (e.g. the model was loaded again)."""
         self.stream.model = model
@@ -146,19 +151,62 @@ class StreamSession:
         return inputs
 
     @torch.inference_mode()
-    def generate(self, chunks: int, controls=(), on_step=None) -> torch.Tensor:
-        """Continue the stream by `chunks` chunks; normalised latents [B, 16, chunks*F, h, w] (float32)."""
+    def generate(self, chunks: int, controls=(), on_step=None, prompts=None, on_chunk=None) -> torch.Tensor:
+        """Continue the stream by `chunks` chunks; normalised latents [B, 16, chunks*F, h, w] (float32).
+
+        prompts: a PromptSchedule; each chunk switches to the prompt its index falls in (with the KV re-cache).
+        on_chunk(latents): called with each chunk's latents once it is committed (e.g. for a preview).
+        """
         if controls and not self.stream.model.has_vace:
             raise ValueError("VACE control was given but the model has no VACE blocks: load a VACE checkpoint "
                              "(or add a VACE module file in the loader)")
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
         out = []
         for i in range(chunks):
+            scheduled = None if prompts is None else prompts.at(self.stream.chunks_done)
+            if scheduled is not None:
+                self.set_prompt(scheduled)
             vace = self._chunk_controls(controls, call_start, last_in_call=i == chunks - 1)
             out.append(self.stream.next_chunk(vace, on_step))
             for index in range(len(controls)):
                 self._builders[index].commit()
+            if on_chunk is not None:
+                on_chunk(out[-1])
         return torch.cat(out, dim=2)
+
+    @torch.inference_mode()
+    def prefill_video(self, video: torch.Tensor) -> int:
+        """Start a fresh stream from an existing clip [3, T, H, W] in [-1, 1], so generation continues it.
+
+        The clip is fitted to the stream size, encoded with the session's VAE chunk by chunk and appended
+        with `WanStream.prefill`. A stream takes 9 + 12k frames, so the clip's last 9 + 12k frames are used
+        (older frames are dropped); returns that number. A failed prefill leaves the stream empty.
+        """
+        if self.vae is None:
+            raise ValueError("prefilling a stream from a clip needs a VAE to encode it: connect one to the sampler")
+        if self.stream.chunks_done:
+            raise ValueError("prefill starts a stream from a clip, but this stream already has chunks; reset it")
+        if video.ndim != 4 or video.shape[0] != 3:
+            raise ValueError(f"the clip to prefill must be a video [3, frames, height, width], got {tuple(video.shape)}")
+        first, later = pixel_frames_for_chunk(0, self.config.chunk_frames), pixel_frames_for_chunk(1, self.config.chunk_frames)
+        if video.shape[1] < first:
+            raise ValueError(f"the clip to continue has {video.shape[1]} frames; a stream needs at least {first}")
+        used = first + (video.shape[1] - first) // later * later
+        if video.device.type == "cpu":
+            check_finite(video, "the clip to prefill")
+        video = video[:, video.shape[1] - used:]
+        cache = self.vae.new_encoder_cache()
+        try:
+            for start in [0] + list(range(first, used, later)):
+                length = first if start == 0 else later
+                frames = fit_video(video[:, start:start + length].to(self.stream.device), self.config.height,
+                                   self.config.width)
+                batch = frames[None].expand(self.config.batch, -1, -1, -1, -1).to(self.vae.dtype)
+                self.stream.prefill(self.vae.encode(batch, cache).float())
+        except BaseException:
+            self.reset()
+            raise
+        return used
 
     def reset(self) -> None:
         """Start the video over with the same model, prompt and settings."""

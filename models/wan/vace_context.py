@@ -150,3 +150,48 @@ def frame_reference_control(length: int, first: torch.Tensor = None, last: torch
     if last is not None:
         frames[:, -4:], mask[:, -4:] = last[:, None], 0.0
     return frames, mask
+
+
+EXTENSION_MODES = ("first_clip", "last_clip", "first_last_clip")
+
+
+def stream_length(frames: int, chunk_frames: int = 3) -> tuple:
+    """(pixel frames, chunks) of the shortest stream holding at least `frames` frames (9, 21, 33, ... for F = 3)."""
+    chunks = 1
+    while pixel_frame_start(chunks, chunk_frames) < frames:
+        chunks += 1
+    return pixel_frame_start(chunks, chunk_frames), chunks
+
+
+def clip_extension_control(mode: str, clip: torch.Tensor, generate: int, end_clip: torch.Tensor = None,
+                           chunk_frames: int = 3) -> tuple:
+    """Control frames and mask that extend known clips (VACE's firstclip / lastclip / firstlastclip).
+
+    clip / end_clip: [3, T, H, W] in [-1, 1]. first_clip: the clip, then `generate` new frames; last_clip:
+    `generate` new frames leading up to the clip; first_last_clip: clip, `generate` new frames, end_clip.
+    Known frames get mask 0, new ones gray with mask 1. The total is rounded up to a whole stream
+    (9 + 12k frames), the extra frames generated (after the clip, before it, or in the gap). Returns
+    (frames [3, N, H, W], mask [1, N, H, W], chunks).
+    """
+    if mode not in EXTENSION_MODES:
+        raise ValueError(f"extension mode must be one of {EXTENSION_MODES}, got {mode!r}")
+    if generate < 0:
+        raise ValueError(f"frames to generate must not be negative, got {generate}")
+    if (end_clip is None) != (mode != "first_last_clip"):
+        raise ValueError("first_last_clip needs an end clip (and only it does): connect end_clip for it")
+    for name, video in (("clip", clip), ("end_clip", end_clip)):
+        if video is not None and (video.ndim != 4 or video.shape[0] != 3 or video.shape[1] == 0):
+            raise ValueError(f"the {name} must be a video [3, frames, height, width], got {tuple(video.shape)}")
+    if end_clip is not None and end_clip.shape[2:] != clip.shape[2:]:
+        raise ValueError(f"clip and end_clip differ in size ({tuple(clip.shape[2:])} vs {tuple(end_clip.shape[2:])}); "
+                         "scale them to one size first")
+    known = clip.shape[1] + (0 if end_clip is None else end_clip.shape[1])
+    total, chunks = stream_length(known + generate, chunk_frames)
+    frames = clip.new_zeros(3, total, *clip.shape[2:], dtype=torch.float32)
+    mask = clip.new_ones(1, total, *clip.shape[2:], dtype=torch.float32)
+    if mode in ("first_clip", "first_last_clip"):
+        frames[:, :clip.shape[1]], mask[:, :clip.shape[1]] = clip.float(), 0.0
+    tail = clip if mode == "last_clip" else end_clip
+    if tail is not None:
+        frames[:, total - tail.shape[1]:], mask[:, total - tail.shape[1]:] = tail.float(), 0.0
+    return frames, mask, chunks
