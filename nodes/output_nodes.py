@@ -11,6 +11,7 @@ from .convert import image_to_video
 from .streams import free_streams, registry
 
 _WRITERS = registry("save_stream")
+SAVE_BATCH = 12  # frames encoded between progress updates (one later chunk)
 
 
 def _next_path(prefix: str) -> str:
@@ -78,7 +79,10 @@ class StreamVACESaveStream:
         if current is not None and current.settings != (filename_prefix, fps):
             _close(stream_id)  # finish the old file properly before starting the new one
         state = _WRITERS.get_or_create(stream_id, (filename_prefix, fps), lambda: _StreamFile(filename_prefix, fps))
-        state.writer.write(image_to_video(images))
+        progress = host.Progress(len(images))
+        for batch in images.split(SAVE_BATCH):
+            state.writer.write(image_to_video(batch))
+            progress.update(len(batch))
         subfolder, filename = os.path.split(os.path.relpath(state.path, host.output_directory()))
         if finish:
             _close(stream_id)

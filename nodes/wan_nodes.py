@@ -66,7 +66,10 @@ class StreamVACEModelLoader:
             model.streamvace_key = key  # streams follow the weights, not the Python object
             return model
 
-        return (cached(key, load),)
+        progress = host.Progress(1)
+        model = cached(key, load)
+        progress.update(1)
+        return (model,)
 
 
 class StreamVACELora:
