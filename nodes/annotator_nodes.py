@@ -25,6 +25,7 @@ class StreamVACEDepth(StreamingNode):
                    "steady from chunk to chunk; 'frame' is VACE's per-frame min-max.")
     CATEGORY, FUNCTION = CATEGORY, "annotate"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("depth",)
+    OUTPUT_TOOLTIPS = ("Depth control frames (near = bright), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -56,6 +57,7 @@ class StreamVACEPose:
                    "training data was drawn (face dots when the pose model has 133 whole-body keypoints).")
     CATEGORY, FUNCTION = CATEGORY, "annotate"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("pose",)
+    OUTPUT_TOOLTIPS = ("Pose control frames (OpenPose-18 on black), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -98,6 +100,7 @@ class StreamVACEScribble:
                    "'model' runs a line-drawing net from models/scribble (VACE's netG_A_latest.pth or sk_model.pth).")
     CATEGORY, FUNCTION = CATEGORY, "annotate"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("scribble",)
+    OUTPUT_TOOLTIPS = ("Scribble control frames (dark lines on white), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -137,6 +140,7 @@ class StreamVACEGray:
                    "RGB frames (R and B weights swapped); keep that on to match, off for standard luma.")
     CATEGORY, FUNCTION = CATEGORY, "annotate"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("gray",)
+    OUTPUT_TOOLTIPS = ("Grey frames (VACE colorization), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -159,6 +163,7 @@ class StreamVACEFlow(StreamingNode):
                    "models/raft. The stream keeps the last frame so queued chunks join up.")
     CATEGORY, FUNCTION = CATEGORY, "annotate"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("flow",)
+    OUTPUT_TOOLTIPS = ("Optical flow frames (Middlebury colours), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -30,6 +30,7 @@ class StreamVACEDreamLiteLoader:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("DREAMLITE",)
     RETURN_NAMES = ("dreamlite",)
+    OUTPUT_TOOLTIPS = ("The loaded DreamLite model (+ adapter), for DreamLite Stylize Stream.",)
     FUNCTION = "load"
     DESCRIPTION = (
         "Loads DreamLite-mobile (0.39B edit U-Net, Qwen3-VL-2B text encoder, TAESDXL) from its diffusers folder "
@@ -88,6 +89,7 @@ class StreamVACEDreamLiteStylize:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The stylized frames, at width x height.",)
     FUNCTION = "stylize"
     DESCRIPTION = (
         "Video-rate stylization (DreamLite edit mode, 1-4 steps). Frames are processed in batches; the "
@@ -107,7 +109,8 @@ class StreamVACEDreamLiteStylize:
             "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the stream afresh (no previous frame)."}),
             "width": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32,
                               "tooltip": "Frames are resized to this size (multiple of 32); 512 is the trained size."}),
-            "height": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32}),
+            "height": ("INT", {"default": 512, "min": 256, "max": 2048, "step": 32,
+                               "tooltip": "Frames are resized to this size (multiple of 32); 512 is the trained size."}),
             "steps": ("INT", {"default": 1, "min": 1, "max": 4,
                               "tooltip": "Denoising steps: 4 is the distilled recipe, 1 the video-rate "
                                          "operating point."}),
@@ -126,7 +129,8 @@ class StreamVACEDreamLiteStylize:
             "lllite_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
                                           "tooltip": "Adapter multiplier; 0 is the bare model."}),
             "fixed_noise": ("BOOLEAN", {"default": False, "tooltip": "Start every frame from the same noise."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                             "tooltip": "Noise seed; a new seed starts the stream afresh."}),
         }}
 
     @classmethod
@@ -157,6 +161,8 @@ class StreamVACEFlickerMetric:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("warping_error", "sobel", "hf_energy", "report")
+    OUTPUT_TOOLTIPS = ("Mean warping error (lower is steadier).", "Mean Sobel gradient magnitude (sharpness).",
+                       "High-frequency FFT energy (sharpness).", "All three in one line.")
     FUNCTION = "measure"
     DESCRIPTION = (
         "Temporal flicker of a stylized clip: warping error on Farnebäck flow of the source frames (lower is "

@@ -30,6 +30,7 @@ class StreamVACELayout(StreamingNode):
                    "outlined on white as in VACE's layout task. Queued runs continue the motion.")
     CATEGORY, FUNCTION = CATEGORY, "render"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("layout",)
+    OUTPUT_TOOLTIPS = ("Layout control frames (boxes on white), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -56,6 +57,7 @@ class StreamVACEMaskLayout:
     DESCRIPTION = "Layout control frames from masks, as VACE's layout_track task draws them: outer contours on white."
     CATEGORY, FUNCTION = CATEGORY, "render"
     RETURN_TYPES, RETURN_NAMES = ("IMAGE",), ("layout",)
+    OUTPUT_TOOLTIPS = ("Layout control frames (mask outlines on white), for VACE Control's control_video.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -79,6 +81,7 @@ class StreamVACESAM2(StreamingNode):
                    "tracked through every queued chunk; memory stays bounded however long the stream runs.")
     CATEGORY, FUNCTION = CATEGORY, "segment"
     RETURN_TYPES, RETURN_NAMES = ("MASK",), ("masks",)
+    OUTPUT_TOOLTIPS = ("Masks of the tracked objects (white = object), e.g. for VACE Control's control_mask.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -113,6 +116,7 @@ class StreamVACEBoxMask(StreamingNode):
     DESCRIPTION = "Box masks for VACE inpainting (white = regenerate), static or moving along keyframes / trajectories."
     CATEGORY, FUNCTION = CATEGORY, "render"
     RETURN_TYPES, RETURN_NAMES = ("MASK",), ("masks",)
+    OUTPUT_TOOLTIPS = ("Filled box masks (white = inside a box), e.g. for VACE Control's control_mask.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -138,6 +142,7 @@ class StreamVACEMaskAdjust:
                    "invert, and repeat one static mask to the chunk length.")
     CATEGORY, FUNCTION = CATEGORY, "adjust"
     RETURN_TYPES, RETURN_NAMES = ("MASK",), ("masks",)
+    OUTPUT_TOOLTIPS = ("The adjusted masks.",)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -54,6 +54,7 @@ class StreamVACESaveStream:
                    "a new file.")
     CATEGORY = "StreamVACE/output"
     RETURN_TYPES = ()
+    OUTPUT_TOOLTIPS = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
 
@@ -61,10 +62,12 @@ class StreamVACESaveStream:
     def INPUT_TYPES(cls):
         """Frames, stream id, file prefix, fps and the finish switch."""
         return {"required": {
-            "images": ("IMAGE",),
-            "stream_id": ("STRING", {"default": "main"}),
-            "filename_prefix": ("STRING", {"default": "streamvace/stream"}),
-            "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0}),
+            "images": ("IMAGE", {"tooltip": "This run's frames (e.g. from VAE Decode Stream)."}),
+            "stream_id": ("STRING", {"default": "main", "tooltip": "Runs with the same id append to one file."}),
+            "filename_prefix": ("STRING", {"default": "streamvace/stream", "tooltip": "File name under ComfyUI's "
+                                "output folder; a sub-folder may be named (no '..')."}),
+            "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                              "tooltip": "Frame rate of the file (Wan2.1 generates 16 fps)."}),
             "finish": ("BOOLEAN", {"default": False, "tooltip": "Close the file after this run's frames."}),
         }}
 
@@ -99,6 +102,7 @@ class StreamVACEFreeStreams:
                    "for continuing streams. Open stream files are closed. Queue it on its own when memory runs low.")
     CATEGORY = "StreamVACE/output"
     RETURN_TYPES = ()
+    OUTPUT_TOOLTIPS = ()
     FUNCTION = "free"
     OUTPUT_NODE = True
 

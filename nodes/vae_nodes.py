@@ -43,6 +43,7 @@ class StreamVACELoadWanVAE:
     CATEGORY = "StreamVACE/vae"
     RETURN_TYPES = (VAE_TYPE,)
     RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The Wan2.1 VAE, for the sampler (controls, prefill) and the stream encode/decode nodes.",)
     FUNCTION = "load"
 
     @classmethod
@@ -66,6 +67,7 @@ class StreamVACELoadTinyVAE:
     CATEGORY = "StreamVACE/vae"
     RETURN_TYPES = (VAE_TYPE,)
     RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The tiny VAE: decode, previews (the sampler's preview_vae), or the sampler's vae.",)
     FUNCTION = "load"
 
     @classmethod
@@ -89,6 +91,7 @@ class StreamVACEVAEDecodeStream:
     CATEGORY = "StreamVACE/vae"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("This run's frames (9 for a first chunk, 12 per later chunk), plus any a failed run missed.",)
     FUNCTION = "decode"
 
     @classmethod
@@ -139,6 +142,7 @@ class StreamVACEVAEEncodeStream:
     CATEGORY = "StreamVACE/vae"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("samples",)
+    OUTPUT_TOOLTIPS = ("Raw Wan2.1 latents of this chunk (as ComfyUI's VAEEncode gives).",)
     FUNCTION = "encode"
 
     @classmethod

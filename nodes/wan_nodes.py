@@ -37,6 +37,7 @@ class StreamVACEModelLoader:
     CATEGORY = "StreamVACE/loaders"
     RETURN_TYPES = (MODEL_TYPE,)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The streaming Wan2.1 model, for the Stream Sampler.",)
     FUNCTION = "load"
 
     @classmethod
@@ -47,7 +48,8 @@ class StreamVACEModelLoader:
             "model_name": (files, {"tooltip": "A causal Wan2.1 checkpoint (e.g. longlive_base.pt, self_forcing_dmd.pt)."}),
             "vace_module": (["none"] + files, {"tooltip": "A VACE-only module file; 'none' if the model has VACE or "
                                                           "you need no control."}),
-            "dtype": (list(DTYPES), {"default": "bf16"}),
+            "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Compute precision: bf16 on recent GPUs, fp16 "
+                      "on older ones, fp32 on the CPU. fp8 files are dequantised to it."}),
             "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "flash_attn / sageattention "
                                    "must be installed (bf16/fp16 only). Daydream Scope disables SageAttention on "
                                    "Hopper (H100) after seeing static in the output."}),
@@ -79,15 +81,18 @@ class StreamVACELora:
     CATEGORY = "StreamVACE/loaders"
     RETURN_TYPES = (LORA_TYPE,)
     RETURN_NAMES = ("lora",)
+    OUTPUT_TOOLTIPS = ("The LoRA chain, for the model loader's lora input.",)
     FUNCTION = "select"
 
     @classmethod
     def INPUT_TYPES(cls):
         """LoRA file, strength, optional earlier LoRAs."""
         return {"required": {
-            "lora_name": (host.model_files("loras"),),
-            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05}),
-        }, "optional": {"previous": (LORA_TYPE,)}}
+            "lora_name": (host.model_files("loras"), {"tooltip": "A Wan2.1 LoRA from models/loras (e.g. "
+                          "LongLive's lora.pt) for the model's size."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                   "tooltip": "Multiplier of the LoRA's change (1 = as trained)."}),
+        }, "optional": {"previous": (LORA_TYPE, {"tooltip": "LoRAs chained before this one."})}}
 
     def select(self, lora_name, strength, previous=None):
         """Append this LoRA to the chain."""
@@ -104,6 +109,7 @@ class StreamVACEControl:
     CATEGORY = "StreamVACE/control"
     RETURN_TYPES = (CONTROL_TYPE,)
     RETURN_NAMES = ("control",)
+    OUTPUT_TOOLTIPS = ("The control chain, for the Stream Sampler's control input.",)
     FUNCTION = "build"
 
     @classmethod
@@ -116,8 +122,13 @@ class StreamVACEControl:
                                        "i of the stream; call: each queue run starts at the control's frame 0 "
                                        "(live input)."}),
         }, "optional": {
-            "control_video": ("IMAGE",), "control_mask": ("MASK",), "reference_images": ("IMAGE",),
-            "first_frame": ("IMAGE",), "last_frame": ("IMAGE",), "previous": (CONTROL_TYPE,),
+            "control_video": ("IMAGE", {"tooltip": "Control frames (an annotator's output, an outpaint canvas, a "
+                              "video to inpaint); scaled and centre-cropped to the sampler's size."}),
+            "control_mask": ("MASK", {"tooltip": "White = generate, black = keep the control video's pixels."}),
+            "reference_images": ("IMAGE", {"tooltip": "Subject or style references, kept for the whole stream."}),
+            "first_frame": ("IMAGE", {"tooltip": "The stream starts on this image (its first frame is kept)."}),
+            "last_frame": ("IMAGE", {"tooltip": "Each run's last chunk ends on this image."}),
+            "previous": (CONTROL_TYPE, {"tooltip": "Controls chained before this one; their hints add up."}),
         }}
 
     def build(self, strength, timing, control_video=None, control_mask=None, reference_images=None,
@@ -145,20 +156,26 @@ class StreamVACESampler:
     CATEGORY = "StreamVACE/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("samples",)
+    OUTPUT_TOOLTIPS = ("This run's chunks as a LATENT (tagged with the stream position), for VAE Decode Stream.",)
     FUNCTION = "sample"
 
     @classmethod
     def INPUT_TYPES(cls):
         """Model, prompt, stream controls, size, sampling settings and optional VAE + VACE controls."""
         return {"required": {
-            "model": (MODEL_TYPE,),
+            "model": (MODEL_TYPE, {"tooltip": "From Load Streaming Wan Model."}),
             "positive": ("CONDITIONING", {"tooltip": "From CLIPTextEncode with a umT5-XXL text encoder (type wan)."}),
-            "stream_id": ("STRING", {"default": "main"}),
+            "stream_id": ("STRING", {"default": "main", "tooltip": "Name of the stream: queuing again with the "
+                          "same id continues the video where the last run stopped."}),
             "reset": ("BOOLEAN", {"default": False, "tooltip": "Start the video over."}),
-            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16}),
-            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16}),
+            "width": ("INT", {"default": 832, "min": 16, "max": 2048, "step": 16, "tooltip": "Video width (multiple "
+                      "of 16; 832 as trained). Changing it starts a new stream."}),
+            "height": ("INT", {"default": 480, "min": 16, "max": 2048, "step": 16, "tooltip": "Video height "
+                       "(multiple of 16; 480 as trained). Changing it starts a new stream."}),
             "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Chunks generated per queue run."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed of the "
+                     "next chunks. A new seed continues the video with fresh noise (it never restarts the stream), "
+                     "so 'randomize after generate' is fine."}),
             "cache_policy": (list(POLICIES), {"default": "longlive", "tooltip": "longlive: sink 3 + window 6 frames; "
                              "motionstream: sink 1 chunk + window 1 chunk; full: all history (Self-Forcing, <= 21 frames)."}),
             "steps": ("STRING", {"default": "1000,750,500,250", "tooltip": "Nominal denoising timesteps."}),
@@ -166,7 +183,7 @@ class StreamVACESampler:
                                                                    "LongLive / Self-Forcing were trained."}),
         }, "optional": {
             "vae": (VAE_TYPE, {"tooltip": "Needed to encode VACE controls and a prefill clip."}),
-            "control": (CONTROL_TYPE,),
+            "control": (CONTROL_TYPE, {"tooltip": "VACE controls (VACE Control nodes, chained); needs vae."}),
             "prompts": (PROMPTS_TYPE, {"tooltip": "A Prompt Schedule: a prompt per chunk index, switched with the "
                         "KV re-cache. Before its first entry, positive holds."}),
             "prefill": ("IMAGE", {"tooltip": "An existing clip (at least 9 frames) the stream continues: when the "
@@ -230,13 +247,14 @@ class StreamVACEChunkFrames:
     CATEGORY = "StreamVACE/control"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The frames the next chunks need, for an annotator and a VACE Control with timing 'call'.",)
     FUNCTION = "cut"
 
     @classmethod
     def INPUT_TYPES(cls):
         """The whole video, the sampler's stream id, chunks per run, and reset."""
         return {"required": {
-            "video": ("IMAGE",),
+            "video": ("IMAGE", {"tooltip": "The whole source video (e.g. from Load Video)."}),
             "stream_id": ("STRING", {"default": "main", "tooltip": "The Stream Sampler's stream_id."}),
             "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "The Stream Sampler's chunks."}),
             "reset": ("BOOLEAN", {"default": False, "tooltip": "Wire the sampler's reset here too (a sampler "

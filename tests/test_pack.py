@@ -93,3 +93,17 @@ def test_pyproject_passes_comfy_registry_validation():
     result = subprocess.run([COMFY_CLI, "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
                             cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "passed" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_every_input_and_output_has_a_tooltip():
+    missing = []
+    for name, node in sorted(NODE_CLASS_MAPPINGS.items()):
+        for section in node.INPUT_TYPES().values():
+            for input_name, spec in section.items():
+                options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if not str(options.get("tooltip", "")).strip():
+                    missing.append(f"{name}.{input_name}")
+        tooltips = getattr(node, "OUTPUT_TOOLTIPS", ())
+        if len(tooltips) != len(node.RETURN_TYPES) or not all(str(t).strip() for t in tooltips):
+            missing.append(f"{name} outputs ({len(tooltips)} tooltips for {len(node.RETURN_TYPES)} outputs)")
+    assert not missing, f"{len(missing)} without a tooltip: {missing}"
