@@ -14,7 +14,8 @@ from .model_cache import cached, file_key
 
 MODEL_FOLDER = "diffusers"  # ComfyUI's folder for diffusers-format pipelines
 ADAPTER_FOLDER = "controlnet"  # LLLite adapters live with the ControlNets
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # the pack's one dtype vocabulary (nodes/types.py)
+LEGACY_DTYPES = {"bfloat16": "bf16", "float32": "fp32"}  # what saved workflows of earlier versions hold
 COMPILE_MODES = ["off", "reduce-overhead", "default", "max-autotune"]
 CATEGORY = "StreamVACE/DreamLite"
 
@@ -51,7 +52,7 @@ class StreamVACEDreamLiteLoader:
                 "default": "down_blocks",
                 "tooltip": "Which U-Net blocks get adapter hooks: down_blocks (38 hooks) is the paper's default, "
                            "sharper and faster than all 108; hooks outside the subset are ignored at load."}),
-            "dtype": (list(DTYPES), {"default": "bfloat16", "tooltip": "bfloat16 on GPUs; fp16 is not offered "
+            "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "bf16 on GPUs; fp16 is not offered "
                                                                         "because Qwen3-VL outputs overflow it."}),
             "compile": (COMPILE_MODES, {
                 "default": "off",
@@ -64,8 +65,17 @@ class StreamVACEDreamLiteLoader:
                            "stall a batch (on an H100: p95 latency 2.4x -> 2.0x p50, +8 % fps)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, dtype):
+        """Accept the dtype names of earlier versions (bfloat16, float32), so saved workflows still load."""
+        if LEGACY_DTYPES.get(dtype, dtype) not in DTYPES:
+            return f"dtype must be one of {list(DTYPES)}, got {dtype!r}"
+        return True
+
     def load(self, model, lllite, hook_blocks, dtype, compile, compile_text="off"):
         """Load the pipeline parts onto ComfyUI's device and attach the adapter (memoised: streams go on)."""
+        dtype = LEGACY_DTYPES.get(dtype, dtype)
+        progress = host.Progress(1)
         folder = host.model_path(MODEL_FOLDER, model)
         adapter_path = None if lllite == "none" else host.model_path(ADAPTER_FOLDER, lllite)
         device = host.torch_device()
@@ -80,7 +90,9 @@ class StreamVACEDreamLiteLoader:
                                 None if compile_text == "off" else compile_text)
 
         key = ("dreamlite", file_key(folder, adapter_path), hook_blocks, dtype, compile, compile_text, str(device))
-        return (cached(key, load),)
+        model = cached(key, load)
+        progress.update(1)
+        return (model,)
 
 
 class StreamVACEDreamLiteStylize:

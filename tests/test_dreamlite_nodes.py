@@ -37,7 +37,11 @@ def dreamlite(models_dir, monkeypatch):
     spec = StreamVACEDreamLiteLoader.INPUT_TYPES()["required"]
     assert spec["model"][0] == ["DreamLite-mobile"]  # the pipeline folder only, not its unet/ vae/ sub-folders
     assert spec["lllite"][0] == ["none", ADAPTER]
+    assert spec["dtype"][0] == ["bf16", "fp32"]  # one dtype vocabulary across the pack
+    assert StreamVACEDreamLiteLoader.VALIDATE_INPUTS(dtype="float32") is True  # saved workflows of earlier versions
+    assert "must be one of" in StreamVACEDreamLiteLoader.VALIDATE_INPUTS(dtype="fp16")
     (model,) = StreamVACEDreamLiteLoader().load("DreamLite-mobile", ADAPTER, "down_blocks", "float32", "off")
+    assert StreamVACEDreamLiteLoader().load("DreamLite-mobile", ADAPTER, "down_blocks", "fp32", "off")[0] is model
     assert len(model.lllite_report.loaded) == 11 and len(model.lllite_report.ignored) == 28
     return model
 
