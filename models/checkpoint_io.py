@@ -33,6 +33,18 @@ def read_checkpoint(path: str):
         f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}.")
 
 
+def safetensors_keys(path: str) -> list:
+    """The tensor names of a .safetensors file, from its header only (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as handle:
+            return list(handle.keys())
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({type(error).__name__}: {error}). "
+                              "The file is corrupt or truncated; download it again.") from error
+
+
 def _read_safetensors(path):
     from safetensors.torch import load_file
 

@@ -19,6 +19,7 @@ from ..models.wan.vace_context import pixel_frame_start
 from ..models.wan.checkpoint import load_wan_model
 from . import host
 from .model_cache import cached, file_key
+from .model_lists import DIT_KINDS, LORA_KINDS, UNINSPECTED_NOTE, VACE_KINDS, wan_files
 from .convert import image_to_video, mask_to_video
 from .streams import registry
 from .types import DTYPES, PROMPTS_TYPE, VAE_TYPE
@@ -43,11 +44,13 @@ class StreamVACEModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         """Model file, optional VACE module, precision, attention backend, optional LoRAs."""
-        files = host.model_files("diffusion_models")
         return {"required": {
-            "model_name": (files, {"tooltip": "A causal Wan2.1 checkpoint (e.g. longlive_base.pt, self_forcing_dmd.pt)."}),
-            "vace_module": (["none"] + files, {"tooltip": "A VACE-only module file; 'none' if the model has VACE or "
-                                                          "you need no control."}),
+            "model_name": (wan_files("diffusion_models", DIT_KINDS), {"tooltip": "A causal Wan2.1 checkpoint (e.g. "
+                           "longlive_base.pt, self_forcing_dmd.pt) from models/diffusion_models; files that look like "
+                           "VACE modules, LoRAs or other models are not listed. " + UNINSPECTED_NOTE}),
+            "vace_module": (["none"] + wan_files("diffusion_models", VACE_KINDS), {"tooltip": "A VACE module file "
+                            "(e.g. Wan2_1-VACE_module_1_3B_bf16); 'none' if the model has VACE or you need no "
+                            "control. Only files with VACE blocks are listed. " + UNINSPECTED_NOTE}),
             "dtype": (list(DTYPES), {"default": "bf16", "tooltip": "Compute precision: bf16 on recent GPUs, fp16 "
                       "on older ones, fp32 on the CPU. fp8 files are dequantised to it."}),
             "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "flash_attn / sageattention "
@@ -88,8 +91,9 @@ class StreamVACELora:
     def INPUT_TYPES(cls):
         """LoRA file, strength, optional earlier LoRAs."""
         return {"required": {
-            "lora_name": (host.model_files("loras"), {"tooltip": "A Wan2.1 LoRA from models/loras (e.g. "
-                          "LongLive's lora.pt) for the model's size."}),
+            "lora_name": (wan_files("loras", LORA_KINDS), {"tooltip": "A Wan2.1 LoRA from models/loras (e.g. "
+                          "LongLive's lora.pt) for the model's size; LoRAs of other models are not listed. "
+                          + UNINSPECTED_NOTE}),
             "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
                                    "tooltip": "Multiplier of the LoRA's change (1 = as trained)."}),
         }, "optional": {"previous": (LORA_TYPE, {"tooltip": "LoRAs chained before this one."})}}

@@ -216,3 +216,29 @@ def test_corrupt_foreign_and_incomplete_files_get_clear_errors(tmp_path):
     torch.save({"generator": Payload()}, tmp_path / "code.pth")
     with pytest.raises(CheckpointError, match="weights_only"):
         load_wan_model(str(tmp_path / "code.pth"))
+
+
+def test_checkpoint_kind_reads_only_the_safetensors_header(tmp_path):
+    from streamvace.models.wan.checkpoint import checkpoint_kind
+
+    full = tiny_model(vace=True).state_dict()
+    base = {k: v for k, v in full.items() if not k.startswith("vace_")}
+    files = {
+        "comfy_repack.safetensors": ({f"model.diffusion_model.{k}": v for k, v in base.items()}, "dit"),
+        "diffusers.safetensors": (convert_wan_transformer_to_diffusers(dict(base)), "dit"),
+        "with_vace.safetensors": (full, "vace_dit"),
+        "vace_module.safetensors": ({k: v for k, v in full.items() if k.startswith("vace_")}, "vace"),
+        "wan_lora.safetensors": ({"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.zeros(4, 8),
+                                  "lora_unet_blocks_0_self_attn_q.lora_up.weight": torch.zeros(8, 4)}, "lora"),
+        "sd15_lora.safetensors": ({"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(4, 8),
+                                   "lora_unet_down_blocks_0_attn.lora_up.weight": torch.zeros(8, 4)}, "other"),
+        "unet.safetensors": ({"input_blocks.0.0.weight": torch.zeros(2)}, "other"),
+        "longlive_base.pt": (base, "unknown"),
+        "model-00001-of-00002.safetensors": (base, "unknown"),
+    }
+    for name, (sd, kind) in files.items():
+        assert checkpoint_kind(_save(sd, str(tmp_path / name)))[0] == kind, name
+    with open(tmp_path / "truncated.safetensors", "wb") as handle:
+        handle.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    kind, reason = checkpoint_kind(str(tmp_path / "truncated.safetensors"))
+    assert kind == "unknown" and "download it again" in reason

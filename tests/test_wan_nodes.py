@@ -40,9 +40,16 @@ def _load(models_dir):
 
 
 def test_loader_combo_lists_the_model_folder(models_dir):
+    torch.save({}, models_dir / "diffusion_models" / "longlive_base.pt")  # a pickle: only loading tells
+    save_weights(wan_vae_state_dict(seed=2), models_dir / "diffusion_models" / "a_vae.safetensors")
+    save_weights({"lora_unet_blocks_0_self_attn_q.lora_down.weight": torch.zeros(4, 8),
+                  "lora_unet_blocks_0_self_attn_q.lora_up.weight": torch.zeros(8, 4)}, models_dir / "loras" / "wan.safetensors")
+    save_weights({"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(4, 8),
+                  "lora_unet_down_blocks_0_attn.lora_up.weight": torch.zeros(8, 4)}, models_dir / "loras" / "sd.safetensors")
     spec = NODES["StreamVACEModelLoader"].INPUT_TYPES()["required"]
-    assert spec["model_name"][0] == ["vace_module_tiny.safetensors", "wan_t2v_tiny.safetensors"]
-    assert spec["vace_module"][0][0] == "none"
+    assert spec["model_name"][0] == ["longlive_base.pt", "wan_t2v_tiny.safetensors"]  # filtered by their headers
+    assert spec["vace_module"][0] == ["none", "longlive_base.pt", "vace_module_tiny.safetensors"]
+    assert NODES["StreamVACELora"].INPUT_TYPES()["required"]["lora_name"][0] == ["wan.safetensors"]
 
 
 def test_queued_runs_continue_one_stream(models_dir):

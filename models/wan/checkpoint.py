@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, key_summary, read_checkpoint, safetensors_keys
 from .dit import WanConfig, WanDiT
 
 WRAPPERS = ("generator_ema", "generator", "generator_lora", "state_dict", "model", "module")
@@ -98,6 +98,40 @@ def describe_state_dict(sd: dict) -> str:
     if has("decoder.1.", "encoder.0."):
         return "a tiny VAE (TAEHV)"
     return "an unknown model"
+
+
+FILE_KINDS = ("dit", "vace_dit", "vace", "lora", "other", "unknown")
+WAN_LORA_TARGETS = ("self_attn", "cross_attn", "ffn")
+
+
+def checkpoint_kind(path: str) -> tuple:
+    """What a weight file holds, from a .safetensors header alone: (kind, reason).
+
+    kind: "dit" (a Wan2.1 DiT), "vace_dit" (a DiT with VACE blocks: a base model, and a VACE module source),
+    "vace" (VACE blocks only), "lora" (a LoRA for Wan blocks), "other" (something else, named in the reason)
+    or "unknown" (not cheaply readable: .pth/.pt/.ckpt/.bin pickles, shards of a split model, bad headers).
+    """
+    name = os.path.basename(path)
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return "unknown", f"{name}: a PyTorch pickle, whose contents are only known once it is loaded"
+    if SHARD.search(name):
+        return "unknown", f"{name}: one shard of a split model"
+    try:
+        keys = dict.fromkeys(safetensors_keys(path))
+    except CheckpointError as error:
+        return "unknown", str(error)
+    keys = _strip_prefixes(keys)
+    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in keys):
+        keys = _from_diffusers(keys)
+    kind = describe_state_dict(keys)
+    if kind == "a LoRA":
+        wan = any(target in k for k in keys for target in WAN_LORA_TARGETS)
+        return ("lora", kind) if wan else ("other", "a LoRA for another model (no Wan block names)")
+    if "head.modulation" in keys:
+        return ("vace_dit" if "vace_patch_embedding.weight" in keys else "dit"), kind
+    if keys and all(k.startswith("vace_") for k in keys):
+        return "vace", kind
+    return "other", kind
 
 
 def read_wan_state_dict(path: str, use_ema: bool = True) -> dict:
