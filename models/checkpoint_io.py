@@ -35,11 +35,16 @@ def read_checkpoint(path: str):
 
 def safetensors_keys(path: str) -> list:
     """The tensor names of a .safetensors file, from its header only (no tensor is read)."""
+    return list(safetensors_meta(path))
+
+
+def safetensors_meta(path: str) -> dict:
+    """{name: meta tensor} of a .safetensors file: every tensor's shape and dtype from the header, no data read."""
     from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt", device="cpu") as handle:
-            return list(handle.keys())
+            return {name: torch.empty(handle.get_slice(name).get_shape(), device="meta") for name in handle.keys()}
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({type(error).__name__}: {error}). "
                               "The file is corrupt or truncated; download it again.") from error

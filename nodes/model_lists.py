@@ -1,4 +1,4 @@
-"""Model combos that only offer files of the right kind (base DiTs, VACE modules, LoRAs), read from headers.
+"""Model combos that only offer files of the right kind (base DiTs, VACE modules, LoRAs, VAEs), read from headers.
 
 A .safetensors header names every tensor, so a file's kind costs one small read (memoised per file version).
 Pickled .pth/.pt files cannot be inspected without loading them, so they are offered in every list (LongLive
@@ -7,6 +7,7 @@ ships its base model and LoRA that way); the loader then says what a wrong pick 
 
 import threading
 
+from ..models.vae.checkpoints import vae_file_kind
 from ..models.wan.checkpoint import checkpoint_kind
 from . import host
 from .model_cache import file_key
@@ -19,26 +20,36 @@ _KINDS = {}
 _LOCK = threading.Lock()
 
 
-def file_kind(path: str) -> str:
-    """checkpoint_kind(path)[0], memoised by (path, size, mtime)."""
-    key = file_key(path) or (path,)
+def file_kind(path: str, classify=checkpoint_kind) -> str:
+    """classify(path)[0], memoised by (classifier, path, size, mtime)."""
+    key = (classify.__name__, file_key(path) or (path,))
     with _LOCK:
         if key in _KINDS:
             return _KINDS[key]
-    kind = checkpoint_kind(path)[0]
+    kind = classify(path)[0]
     with _LOCK:
         _KINDS[key] = kind
     return kind
 
 
-def wan_files(folder: str, kinds) -> list:
+def files_of_kind(folder: str, kinds, classify=checkpoint_kind) -> list:
     """Names in a model folder whose kind is one of `kinds`, plus the ones that cannot be inspected cheaply."""
     names = []
     for name in host.model_files(folder):
         try:
-            kind = file_kind(host.model_path(folder, name))
+            kind = file_kind(host.model_path(folder, name), classify)
         except (OSError, ValueError):  # vanished between listing and reading: the loader reports it if picked
             kind = "unknown"
         if kind in kinds or kind == "unknown":
             names.append(name)
     return names
+
+
+def wan_files(folder: str, kinds) -> list:
+    """Wan DiT / VACE / LoRA files of a model folder (see checkpoint_kind)."""
+    return files_of_kind(folder, kinds, checkpoint_kind)
+
+
+def vae_files(folder: str, kinds) -> list:
+    """Wan2.1 VAE / tiny VAE files of a model folder (see vae_file_kind)."""
+    return files_of_kind(folder, kinds, vae_file_kind)

@@ -12,6 +12,7 @@ from ..models.vae.stream import DecodeStream, EncodeStream
 from ..models.vae.wan_vae import load_wan_vae
 from . import host
 from .model_cache import cached, file_key
+from .model_lists import UNINSPECTED_NOTE, vae_files
 from .convert import image_to_video, video_to_image
 from .streams import registry, stream_latents
 from .types import DTYPE_INPUT, DTYPES, STREAM_INPUTS, VAE_TYPE
@@ -50,7 +51,8 @@ class StreamVACELoadWanVAE:
     def INPUT_TYPES(cls):
         """A file from models/vae and a precision."""
         return {"required": {
-            "vae_name": (host.model_files("vae"), {"tooltip": "Wan2.1_VAE.pth or wan_2.1_vae.safetensors."}),
+            "vae_name": (vae_files("vae", ("wan_vae",)), {"tooltip": "Wan2.1_VAE.pth or wan_2.1_vae.safetensors "
+                         "from models/vae; VAEs of other models are not listed. " + UNINSPECTED_NOTE}),
             "dtype": DTYPE_INPUT,
         }}
 
@@ -74,7 +76,9 @@ class StreamVACELoadTinyVAE:
     def INPUT_TYPES(cls):
         """A file from models/vae_approx and a precision."""
         return {"required": {
-            "vae_name": (host.model_files("vae_approx"), {"tooltip": "taew2_1.pth or taew2_1.safetensors."}),
+            "vae_name": (vae_files("vae_approx", ("tiny_vae",)), {"tooltip": "taew2_1.pth or taew2_1.safetensors "
+                         "from models/vae_approx; tiny VAEs of other models (taesd, ...) are not listed. "
+                         + UNINSPECTED_NOTE}),
             "dtype": DTYPE_INPUT,
         }}
 

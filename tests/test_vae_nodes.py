@@ -80,3 +80,14 @@ def test_latent_conversion_at_the_node_boundary():
     assert torch.allclose(comfy_to_latents({"samples": raw}), latents, atol=1e-6)
     with pytest.raises(ValueError, match="SD: 4 channels"):
         comfy_to_latents({"samples": torch.zeros(1, 4, 8, 8)})
+
+
+def test_vae_lists_offer_only_vaes_of_their_kind(models_dir):
+    from safetensors.torch import save_file
+
+    save_weights(tiny_vae_state_dict(seed=6), models_dir / "vae_approx" / "taew2_1.safetensors")
+    save_weights(tiny_vae_state_dict(seed=6), models_dir / "vae" / "taew2_1.safetensors")  # in the wrong folder
+    save_file({"encoder.down.0.block.0.conv1.weight": torch.zeros(1)}, str(models_dir / "vae" / "sdxl_vae.safetensors"))
+    save_file({"decoder.1.weight": torch.zeros(4, 4, 3, 3)}, str(models_dir / "vae_approx" / "taesd_decoder.safetensors"))
+    assert LOAD_WAN.INPUT_TYPES()["required"]["vae_name"][0] == ["wan_2.1_vae.safetensors"]
+    assert LOAD_TINY.INPUT_TYPES()["required"]["vae_name"][0] == ["taew2_1.pth", "taew2_1.safetensors"]

@@ -4,9 +4,11 @@ Both VAE loaders read files with models.checkpoint_io.read_checkpoint, flatten t
 `vae_state_dict` and, when the keys are not theirs, raise a CheckpointError built by `wrong_file`.
 """
 
+import os
+
 import torch
 
-from ..checkpoint_io import CheckpointError, key_summary
+from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, key_summary, safetensors_meta
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "vae")
 _PREFIXES = ("first_stage_model.", "vae.", "model.")
@@ -56,3 +58,19 @@ def wrong_file(path: str, state_dict: dict, expected: str, fix: str) -> Checkpoi
     """The CheckpointError for a file that is not the expected kind of VAE."""
     return CheckpointError(
         f"{path}: expected {expected}, but this file looks like {describe_checkpoint(state_dict)}. {fix}")
+
+
+def vae_file_kind(path: str) -> tuple:
+    """What a VAE file holds, from a .safetensors header alone: ("wan_vae" | "tiny_vae" | "other" | "unknown",
+    reason). Pickles (.pth) and unreadable headers are "unknown": only loading them tells."""
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return "unknown", f"{os.path.basename(path)}: a PyTorch pickle, whose contents are only known once it is loaded"
+    try:
+        described = describe_checkpoint(vae_state_dict(safetensors_meta(path), path))
+    except CheckpointError as error:
+        return "unknown", str(error)
+    if described.startswith("a Wan2.1-layout VAE"):
+        return "wan_vae", described
+    if described.startswith("a tiny video VAE (TAEHV layout, 16 "):
+        return "tiny_vae", described
+    return "other", described
