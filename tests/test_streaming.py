@@ -9,7 +9,7 @@ from streamvace.models.wan.sampler import chunk_seed
 from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.vace_reference import VaceReference
 
-from wan_tiny import DEVICE, TEXT_DIM, reference_generation, tiny_model
+from wan_tiny import DEVICE, TEXT_DIM, reference_generation, reference_switch_generation, tiny_model
 
 HEIGHT, WIDTH = 32, 48  # latent 4 x 6, 2 x 3 = 6 tokens per frame
 CHUNKS = 5
@@ -194,10 +194,46 @@ def test_prefill_continues_an_existing_video():
     assert rel_err(continued.next_chunk(), chunks[4]) <= 1e-5
 
 
-@pytest.mark.parametrize("policy", ["full", "longlive"])
-def test_prompt_switch_recaches_the_window(policy):
+SWITCHES = [  # (policy, chunk the switch comes before): LongLive's local_attn_size = sink + window + 3
+    ("longlive", 2),  # s = 6 < 12: the cache is not full yet, all frames re-cached, sink rewritten
+    ("longlive", 4),  # s = 12: exactly full, still LongLive's frame-0 path
+    ("longlive", 5),  # s = 15: the ring has wrapped, frames 6..14 re-cached in one pass, the sink keeps old K/V
+    ("longlive", 7),  # s = 21: mid-window, the re-cached frames sit in a rotated ring
+    ("sink1-window4", 4),  # s = 12 > 8: sink frame 0 kept, frames 5..11 re-cached
+    ("full", 3),
+]
+
+
+@pytest.mark.parametrize("name,switch", SWITCHES, ids=[f"{n}-s{3 * c}" for n, c in SWITCHES])
+def test_prompt_switch_equals_longlive_recache(name, switch):
+    policy, chunks = POLICIES[name], switch + 2
     model = tiny_model()
-    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=4, policy=cache_policy(policy), max_frames=15)
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=5, policy=policy, max_frames=chunks * 3)
+    old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 6, TEXT_DIM)
+    stream = WanStream(model, config)
+    stream.set_prompt(old)
+    got = [stream.next_chunk() for _ in range(switch)]
+    stream.set_prompt(new)
+    got += [stream.next_chunk() for _ in range(2)]
+    with torch.no_grad():
+        want = reference_switch_generation(model, old, new, stream.sigmas,
+                                           stream_noises(config, stream.latent_shape, chunks), policy, 3, switch)
+    for c, (a, b) in enumerate(zip(got, want)):
+        assert rel_err(a, b) <= 1e-4, f"chunk {c}: relative error {rel_err(a, b):.2e}"
+
+    chunkwise = WanStream(model, StreamConfig(**{**config.__dict__, "recache": "chunkwise"}))
+    chunkwise.set_prompt(old)
+    for _ in range(switch):
+        chunkwise.next_chunk()
+    chunkwise.set_prompt(new)
+    assert rel_err(chunkwise.next_chunk(), want[switch]) > 1e-4  # the oracle tells the two procedures apart
+
+
+@pytest.mark.parametrize("recache", ["longlive", "chunkwise"])
+def test_prompt_switch_recache_matters(recache):
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=4, policy=cache_policy("full"), max_frames=15,
+                          recache=recache)
     old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 6, TEXT_DIM)
     switched = WanStream(model, config)
     switched.set_prompt(old)
@@ -210,14 +246,19 @@ def test_prompt_switch_recaches_the_window(policy):
     for chunk in chunks:
         no_recache.prefill(chunk)
     no_recache.set_prompt(new, recache=False)
-    assert rel_err(no_recache.next_chunk(), after_switch) > 1e-3  # the recache matters
+    assert rel_err(no_recache.next_chunk(), after_switch) > 1e-3
 
-    if policy == "full":  # every frame re-cached under the new prompt == a history built under it
+    if recache == "chunkwise":  # every frame re-cached causally under the new prompt == a history built under it
         oracle = WanStream(model, config)
         oracle.set_prompt(new)
         for chunk in chunks:
             oracle.prefill(chunk)
         assert rel_err(oracle.next_chunk(), after_switch) <= 1e-5
+
+
+def test_unknown_recache_mode_is_refused():
+    with pytest.raises(ValueError, match="re-cache 'causal'.*longlive"):
+        WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH, recache="causal"))
 
 
 def test_prompt_switch_after_an_interrupted_chunk_ignores_its_partial_writes():

@@ -94,3 +94,85 @@ def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts
     out = model.run_blocks(tokens, e0, text_base, rope, [lambda q, k, v: attention(q, k, v, mask)] * len(model.blocks), hints)
     velocity = model.unpatchify(model.head(out, e), grid)
     return velocity[:, :, total - x.shape[2]:]
+
+
+def reference_switch_generation(model, old, new, sigmas, noises, policy, chunk_frames, switch_chunk):
+    """LongLive v1.0's prompt switch (global sink) without a cache: chunks before `switch_chunk` under `old`, then
+    one t = 0 re-cache of the last local_attn_size - sink frames under `new`, bidirectional among themselves and
+    attending to the sink's old K/V (all frames, sink included, while s <= local_attn_size), then the chunks after.
+
+    local_attn_size = sink + window + chunk (the frames LongLive's KV cache holds; unbounded for full history).
+    """
+    before = reference_generation(model, old, sigmas, noises[:switch_chunk], policy, chunk_frames)
+    clean = torch.cat(before, dim=2)
+    s, sink = clean.shape[2], policy.sink_frames
+    local = None if policy.window_frames is None else sink + policy.window_frames + chunk_frames
+    keep_sink = local is not None and s > local
+    first = s - (local - sink) if keep_sink else 0
+    per_frame = model.token_grid(clean.shape)[1] * model.token_grid(clean.shape)[2]
+    prefix = None
+    if keep_sink:  # the sink's K/V as the stream cached them: the t = 0 pass of the clean past, block-causal
+        keys = _captured_kv(model, clean, old, frame_mask(policy, chunk_frames, s, per_frame))
+        prefix = [(k[:, :sink * per_frame], v[:, :sink * per_frame]) for k, v in keys]
+    after = []
+    for c in range(switch_chunk, len(noises)):
+        x = noises[c][0]
+        for step, sigma in enumerate(sigmas):
+            v = _switch_forward(model, [clean[:, :, first:]] + after, x, sigma, new, policy, chunk_frames, first, s,
+                                prefix)
+            x0 = predict_x0(x, v, sigma)
+            if step + 1 < len(sigmas):
+                x = renoise(x0, noises[c][step + 1], sigmas[step + 1])
+        after.append(x0)
+    return before + after
+
+
+def _captured_kv(model, latents, text, mask):
+    """Per base block, the (k, v) of every token of a t = 0 full-sequence forward under `mask`."""
+    captured = []
+
+    def attend(q, k, v):
+        captured.append((k, v))
+        return attention(q, k, v, mask)
+
+    grid = model.token_grid(latents.shape)
+    rope = RotaryTable.for_grid(model.config.head_dim, 0, *grid, device=latents.device)
+    _, e0 = model.embed_time(torch.zeros(latents.shape[0], device=latents.device))
+    model.run_blocks(model.patchify(latents), e0, model.text_kv(text.to(latents.device))[0], rope,
+                     [attend] * len(model.blocks))
+    return captured
+
+
+def _switch_forward(model, clean, x, sigma, text, policy, chunk_frames, first, switch, prefix):
+    """Velocity of chunk x after a switch: one forward over [re-cached frames | later clean chunks | x]."""
+    latents = torch.cat(clean + [x], dim=2)
+    batch, count = latents.shape[0], latents.shape[2]
+    end = first + count
+    grid = model.token_grid(latents.shape)
+    per_frame = grid[1] * grid[2]
+    sink = policy.sink_frames if prefix is not None else 0
+    # columns: [old sink frames (K/V only) | frames first..end-1]
+    column = {f: f for f in range(sink)}
+    column.update({f: sink + f - first for f in range(first, end)})
+    frames = torch.zeros(count, sink + count, dtype=torch.bool)
+    frames[:switch - first, :sink + switch - first] = True  # the re-cache: bidirectional among its frames + sink
+    for start in range(switch, end, chunk_frames):
+        for f in range(start, start + chunk_frames):
+            for g in policy.visible_past(start) + list(range(start, start + chunk_frames)):
+                frames[f - first, column[g]] = True
+    mask = frames.repeat_interleave(per_frame, 0).repeat_interleave(per_frame, 1).to(latents.device)
+    timesteps = torch.zeros(batch, count, device=latents.device)
+    timesteps[:, count - x.shape[2]:] = model_timestep(sigma)
+    e, e0 = model.embed_time(timesteps)
+    rope = RotaryTable.for_grid(model.config.head_dim, first, *grid, device=latents.device)
+
+    def attend_for(layer):
+        def attend(q, k, v):
+            if prefix is not None:
+                k, v = torch.cat([prefix[layer][0], k], 1), torch.cat([prefix[layer][1], v], 1)
+            return attention(q, k, v, mask)
+        return attend
+
+    out = model.run_blocks(model.patchify(latents), e0, model.text_kv(text.to(latents.device))[0], rope,
+                           [attend_for(i) for i in range(len(model.blocks))])
+    return model.unpatchify(model.head(out, e), grid)[:, :, count - x.shape[2]:]

@@ -110,7 +110,7 @@ class StreamSession:
         if index not in self._builders:
             c = self.config
             self._builders[index] = VaceContextBuilder(self.vae, c.height, c.width, c.chunk_frames, c.batch,
-                                                       start_chunk=self.stream.chunks_done)
+                                                       start_chunk=self.stream.chunks_done, mask_time=c.vace_mask_time)
         return self._builders[index]
 
     def _reference(self, index: int, images: torch.Tensor):
