@@ -208,3 +208,47 @@ def test_control_joining_mid_stream_and_bad_controls():
     t2v.set_prompt(torch.randn(1, 4, TEXT_DIM))
     with pytest.raises(ValueError, match="no VACE blocks"):  # refused before any VAE work
         t2v.generate(1, [Control(frames=torch.zeros(3, 9, H, W))])
+
+
+def _recorded_contexts(session):
+    """Record the VACE contexts each chunk of the session gets."""
+    seen, original = [], session.stream.next_chunk
+
+    def next_chunk(vace=(), on_step=None):
+        seen.append([item.context.clone() for item in vace])
+        return original(vace, on_step)
+
+    session.stream.next_chunk = next_chunk
+    return seen
+
+
+def _joined_context(chunk, frames):
+    """What a control joining the stream at `chunk` gets: a fresh builder on the join-mid-stream path."""
+    start = pixel_frame_start(chunk)
+    return VaceContextBuilder(_vae("tiny"), H, W, start_chunk=chunk).context_for_chunk(frames[None, :, start:start + 12])
+
+
+def test_controls_are_keyed_by_identity_not_chain_position():
+    a, b = random_video(45, H, W, seed=10)[0], random_video(45, H, W, seed=11)[0]
+    session = _session("tiny")
+    seen = _recorded_contexts(session)
+    session.generate(2, [Control(frames=a)])
+    session.generate(1, [Control(frames=b)])  # control 0 swapped for another: b joins, it does not continue a
+    assert torch.equal(seen[2][0], _joined_context(2, b))
+    session.generate(1, [Control(frames=b.clone(), strength=0.5), Control(frames=a)])  # same b (new objects)
+    continued = VaceContextBuilder(_vae("tiny"), H, W, start_chunk=2)
+    continued.context_for_chunk(b[None, :, 21:33])
+    continued.commit()
+    assert torch.equal(seen[3][0], continued.context_for_chunk(b[None, :, 33:45]))
+    assert torch.equal(seen[3][1], _joined_context(3, a))  # a left out of a run: joins afresh, no stale count
+
+
+def test_a_control_left_out_of_a_run_joins_again_afresh():
+    a = random_video(9, H, W, seed=12)[0]  # holds its last frame after chunk 0: every later window looks alike
+    session = _session("tiny")
+    seen = _recorded_contexts(session)
+    session.generate(2, [Control(frames=a)])
+    session.generate(1)
+    session.generate(1, [Control(frames=a)])
+    held = a[:, -1:].expand(-1, 45, -1, -1)
+    assert torch.equal(seen[3][0], _joined_context(3, held))
