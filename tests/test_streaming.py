@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from streamvace.models.wan.kv_cache import CacheFullError, CachePolicy, KVCache, cache_policy
-from streamvace.models.wan.sampler import chunk_seed
+from streamvace.models.wan.sampler import chunk_seed, sigma_schedule
 from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.vace_reference import VaceReference
 
-from wan_tiny import DEVICE, TEXT_DIM, reference_generation, reference_switch_generation, tiny_model
+from wan_tiny import DEVICE, TEXT_DIM, captured_kv, reference_generation, reference_switch_generation, tiny_model
 
 HEIGHT, WIDTH = 32, 48  # latent 4 x 6, 2 x 3 = 6 tokens per frame
 CHUNKS = 5
@@ -280,3 +280,24 @@ def test_prompt_switch_after_an_interrupted_chunk_ignores_its_partial_writes():
         return stream.next_chunk()
 
     assert torch.equal(run(True), run(False))
+
+
+def test_default_steps_are_warped_by_shift_5():
+    warped = [1.0, 0.9375, 5 / 6, 0.625]  # shift*s / (1 + (shift-1)*s) for s = 1, .75, .5, .25 (LongLive)
+    assert sigma_schedule() == pytest.approx(warped, abs=1e-12)
+    assert sigma_schedule(warp=False) == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1e-12)
+    assert WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH)).sigmas == pytest.approx(warped, abs=1e-12)
+
+
+def test_cache_pass_writes_the_keys_of_a_t0_forward():
+    model = tiny_model()
+    stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, seed=8))
+    text = torch.randn(1, 4, TEXT_DIM)
+    stream.set_prompt(text)
+    first = stream.next_chunk()
+    tokens = 3 * stream.tokens_per_frame
+    with torch.no_grad():  # the clean chunk at t = 0, alone (chunk 0 attends only to itself)
+        captured = captured_kv(model, first, text, None)
+    for layer, (k, v) in enumerate(captured):
+        assert rel_err(stream.cache.keys[layer, :, :tokens], k) <= 1e-5
+        assert rel_err(stream.cache.values[layer, :, :tokens], v) <= 1e-5

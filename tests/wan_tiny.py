@@ -112,7 +112,7 @@ def reference_switch_generation(model, old, new, sigmas, noises, policy, chunk_f
     per_frame = model.token_grid(clean.shape)[1] * model.token_grid(clean.shape)[2]
     prefix = None
     if keep_sink:  # the sink's K/V as the stream cached them: the t = 0 pass of the clean past, block-causal
-        keys = _captured_kv(model, clean, old, frame_mask(policy, chunk_frames, s, per_frame))
+        keys = captured_kv(model, clean, old, frame_mask(policy, chunk_frames, s, per_frame))
         prefix = [(k[:, :sink * per_frame], v[:, :sink * per_frame]) for k, v in keys]
     after = []
     for c in range(switch_chunk, len(noises)):
@@ -127,7 +127,7 @@ def reference_switch_generation(model, old, new, sigmas, noises, policy, chunk_f
     return before + after
 
 
-def _captured_kv(model, latents, text, mask):
+def captured_kv(model, latents, text, mask):
     """Per base block, the (k, v) of every token of a t = 0 full-sequence forward under `mask`."""
     captured = []
 
