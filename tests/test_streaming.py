@@ -301,3 +301,47 @@ def test_cache_pass_writes_the_keys_of_a_t0_forward():
     for layer, (k, v) in enumerate(captured):
         assert rel_err(stream.cache.keys[layer, :, :tokens], k) <= 1e-5
         assert rel_err(stream.cache.values[layer, :, :tokens], v) <= 1e-5
+
+
+def _first_wrapping_chunk(policy, capacity_frames):
+    """The first chunk whose frames do not all fit the cache's slots unused so far (the ring wraps)."""
+    return next(c for c in range(100) if 3 * (c + 1) > capacity_frames)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_interrupt_at_the_ring_wrap_leaves_the_stream_unchanged(name):
+    policy = POLICIES[name]
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=12, policy=policy, max_frames=12)
+    text = torch.randn(1, 4, TEXT_DIM)
+    probe = WanStream(model, config)
+    # full history never wraps: its last chunk that fits stands in for the wrap
+    wrap = _first_wrapping_chunk(policy, probe.cache.capacity_frames) if policy.window_frames is not None else 3
+
+    def run(interrupt_step):
+        stream = WanStream(model, config)
+        stream.set_prompt(text)
+        out = [stream.next_chunk() for _ in range(wrap)]
+        if interrupt_step is not None:
+            resident = stream.cache.resident_frames()
+            slots = [stream.cache.frame_slot(f) * stream.tokens_per_frame for f in resident]
+            index = torch.tensor([s + i for s in slots for i in range(stream.tokens_per_frame)])
+            before = (stream.cache.keys[:, :, index].clone(), stream.cache.values[:, :, index].clone(),
+                      stream.history.clone())
+
+            def boom(step, total):
+                if step == interrupt_step % total:
+                    raise KeyboardInterrupt
+
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk(on_step=boom)
+            assert (stream.frames_done, stream.chunks_done) == (3 * wrap, wrap)
+            assert torch.equal(stream.cache.keys[:, :, index], before[0])
+            assert torch.equal(stream.cache.values[:, :, index], before[1])
+            assert torch.equal(stream.history, before[2])
+        out += [stream.next_chunk() for _ in range(2 if policy.window_frames is not None else 1)]
+        return out
+
+    plain = run(None)
+    for step in (0, -1):  # after the first denoising forward, after the cache pass (before the commit)
+        assert all(torch.equal(a, b) for a, b in zip(run(step), plain)), f"interrupt at step {step}"
