@@ -345,3 +345,22 @@ def test_interrupt_at_the_ring_wrap_leaves_the_stream_unchanged(name):
     plain = run(None)
     for step in (0, -1):  # after the first denoising forward, after the cache pass (before the commit)
         assert all(torch.equal(a, b) for a, b in zip(run(step), plain)), f"interrupt at step {step}"
+
+
+def test_reference_images_equal_a_masked_vace_forward_over_references_and_chunk():
+    model = tiny_model(vace=True)
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=9, policy=cache_policy("longlive"))
+    stream = WanStream(model, config)
+    text = torch.randn(1, 4, TEXT_DIM)
+    stream.set_prompt(text)
+    refs = torch.randn(1, 16, 2, HEIGHT // 8, WIDTH // 8)
+    reference = VaceReference(stream, refs)
+    contexts = [torch.randn(1, 96, 9, HEIGHT // 8, WIDTH // 8) for _ in range(2)]
+    scales = [0.9, 0.6]
+    got = [stream.next_chunk([VaceInput(contexts[0][:, :, 3 * c:3 * c + 3], scales[0], reference),
+                              VaceInput(contexts[1][:, :, 3 * c:3 * c + 3], scales[1])]) for c in range(3)]
+    with torch.no_grad():
+        want = reference_generation(model, text, stream.sigmas, stream_noises(config, stream.latent_shape, 3),
+                                    config.policy, 3, contexts, scales, references=[refs, None])
+    for c, (a, b) in enumerate(zip(got, want)):
+        assert rel_err(a, b) <= 1e-4, f"chunk {c}: relative error {rel_err(a, b):.2e}"

@@ -48,17 +48,18 @@ def frame_mask(policy: CachePolicy, chunk_frames: int, total_frames: int, tokens
 
 
 def reference_generation(model, text, sigmas, noises, policy, chunk_frames, contexts=None, scales=None,
-                         hints_in_cache_pass=False):
+                         hints_in_cache_pass=False, references=None):
     """Generate chunk by chunk WITHOUT a cache: every forward runs over [clean past chunks at t=0 | current chunk].
 
     noises[c][s] is the noise the stream draws for chunk c at step s. Returns the clean latents of every chunk.
+    references[j] (latents [B, 16, n, h, w] or None) puts reference images in front of context j's chunk.
     """
     clean = []
     for c, chunk_noises in enumerate(noises):
         x = chunk_noises[0]
         for s, sigma in enumerate(sigmas):
             v = _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts, scales, c,
-                                hints_in_cache_pass)
+                                hints_in_cache_pass, references)
             x0 = predict_x0(x, v, sigma)
             if s + 1 < len(sigmas):
                 x = renoise(x0, chunk_noises[s + 1], sigmas[s + 1])
@@ -66,7 +67,8 @@ def reference_generation(model, text, sigmas, noises, policy, chunk_frames, cont
     return clean
 
 
-def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts, scales, chunk, hints_in_past):
+def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts, scales, chunk, hints_in_past,
+                    references=None):
     latents = torch.cat(clean + [x], dim=2)
     batch, total = latents.shape[0], latents.shape[2]
     timesteps = torch.zeros(batch, total, device=latents.device)
@@ -82,7 +84,12 @@ def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts
         vace_mask = frame_mask(policy, chunk_frames, total, per_frame, chunk_local=True)
         attends = [lambda q, k, v: attention(q, k, v, vace_mask)] * len(model.vace_blocks)
         per_context = []
-        for ctx in contexts:
+        for j, ctx in enumerate(contexts):
+            if references is not None and references[j] is not None:
+                hints_j = _reference_hints(model, references[j], ctx[:, :, total - x.shape[2]:total], x, sigma, text_vace)
+                pad = tokens.new_zeros(batch, (total - x.shape[2]) * per_frame, tokens.shape[2])
+                per_context.append([torch.cat([pad, h], 1) for h in hints_j])
+                continue
             ctx_tokens = model.patchify(ctx[:, :, :total].to(latents.device), model.vace_patch_embedding)
             per_context.append(vace_hints(model.vace_blocks, ctx_tokens, tokens, e0, text_vace, rope, attends))
         hints = combine_hints(per_context, scales)
@@ -176,3 +183,26 @@ def _switch_forward(model, clean, x, sigma, text, policy, chunk_frames, first, s
     out = model.run_blocks(model.patchify(latents), e0, model.text_kv(text.to(latents.device))[0], rope,
                            [attend_for(i) for i in range(len(model.blocks))])
     return model.unpatchify(model.head(out, e), grid)[:, :, count - x.shape[2]:]
+
+
+def _reference_hints(model, ref_latents, ctx, x, sigma, text_vace):
+    """The chunk's VACE hints with reference images, as one masked forward of the VACE branch over
+    [references | chunk] on its own time axis (references at frames 0..n-1 and t = 0, the chunk at n..): the
+    references attend among themselves only, the chunk to both. Context of a reference: [latent | 0 | mask 0]."""
+    n, frames = ref_latents.shape[2], x.shape[2]
+    ref_ctx = torch.cat([ref_latents, torch.zeros_like(ref_latents),
+                         ref_latents.new_zeros(ref_latents.shape[0], ctx.shape[1] - 32, *ref_latents.shape[2:])], 1)
+    both = torch.cat([ref_latents, x], dim=2)
+    grid = model.token_grid(both.shape)
+    per_frame = grid[1] * grid[2]
+    rope = RotaryTable.for_grid(model.config.head_dim, 0, *grid, device=x.device)
+    timesteps = torch.zeros(x.shape[0], n + frames, device=x.device)
+    timesteps[:, n:] = model_timestep(sigma)
+    _, e0 = model.embed_time(timesteps)
+    allowed = torch.ones(n + frames, n + frames, dtype=torch.bool)
+    allowed[:n, n:] = False
+    mask = allowed.repeat_interleave(per_frame, 0).repeat_interleave(per_frame, 1).to(x.device)
+    attends = [lambda q, k, v: attention(q, k, v, mask)] * len(model.vace_blocks)
+    ctx_tokens = model.patchify(torch.cat([ref_ctx, ctx.to(x.device)], 2), model.vace_patch_embedding)
+    hints = vace_hints(model.vace_blocks, ctx_tokens, model.patchify(both), e0, text_vace, rope, attends)
+    return [h[:, n * per_frame:] for h in hints]
