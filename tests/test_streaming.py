@@ -261,25 +261,37 @@ def test_unknown_recache_mode_is_refused():
         WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH, recache="causal"))
 
 
-def test_prompt_switch_after_an_interrupted_chunk_ignores_its_partial_writes():
+@pytest.mark.parametrize("switch", [2, 5], ids=["sink-rewritten", "ring-wrapped"])
+@pytest.mark.parametrize("failure", ["chunk-before", "recache", "chunk-after"])
+def test_prompt_switch_is_deterministic_after_a_failure(switch, failure):
     model = tiny_model()
     config = StreamConfig(height=HEIGHT, width=WIDTH, seed=6)
     old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 5, TEXT_DIM)
 
-    def run(interrupt):
+    def boom(step, total):
+        raise KeyboardInterrupt
+
+    def run(fail):
         stream = WanStream(model, config)
         stream.set_prompt(old)
-        for _ in range(4):
+        for _ in range(switch):
             stream.next_chunk()
-        if interrupt:  # the chunk writes its noisy K/V over the oldest ring chunk, then dies
-            def boom(step, total):
-                raise KeyboardInterrupt
+        if fail == "chunk-before":  # the chunk writes its noisy K/V over the oldest ring chunk, then dies
             with pytest.raises(KeyboardInterrupt):
                 stream.next_chunk(on_step=boom)
         stream.set_prompt(new)
-        return stream.next_chunk()
+        if fail == "recache":  # dies inside the re-cache, after the first blocks rewrote their K/V (sink too)
+            handle = model.blocks[2].register_forward_pre_hook(lambda *_: boom(0, 0))
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk()
+            handle.remove()
+        if fail == "chunk-after":  # the re-cache ran, the chunk after it died: the re-cache runs again
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk(on_step=boom)
+        return [stream.next_chunk() for _ in range(2)]
 
-    assert torch.equal(run(True), run(False))
+    for a, b in zip(run(failure), run(None)):
+        assert torch.equal(a, b)
 
 
 def test_default_steps_are_warped_by_shift_5():
