@@ -11,7 +11,7 @@ from ..models.vae.tiny_vae import load_tiny_vae
 from ..models.vae.stream import DecodeStream, EncodeStream
 from ..models.vae.wan_vae import load_wan_vae
 from . import host
-from .model_cache import cached, file_key
+from .model_cache import cached, file_key, use
 from .convert import image_to_video, video_to_image
 from .streams import registry, stream_latents
 from .types import DTYPE_INPUT, DTYPES, STREAM_INPUTS, VAE_TYPE
@@ -22,13 +22,7 @@ def _cached_vae(loader, path: str, dtype: str):
     """The VAE for this file and precision, memoised: the same object keeps decoder streams going seamlessly."""
     device = host.torch_device()
     key = (loader.__name__, file_key(path), dtype, str(device))
-
-    def load():
-        vae = loader(path, dtype=DTYPES[dtype], device=device)
-        vae.streamvace_key = key  # decoder streams follow the weights, not the Python object
-        return vae
-
-    return cached(key, load)
+    return cached(key, lambda: loader(path, dtype=DTYPES[dtype], device=device))
 
 
 class StreamVACELoadWanVAE:
@@ -104,6 +98,7 @@ class StreamVACEVAEDecodeStream:
     def decode(self, vae, samples, stream_id, reset):
         """LATENT -> IMAGE [frames, H, W, 3]; batches are placed one after another."""
         host.check_interrupted()
+        use(vae)
         streams = registry("vae_decode")
         if reset:
             streams.reset(stream_id)
@@ -152,6 +147,7 @@ class StreamVACEVAEEncodeStream:
     def encode(self, vae, frames, stream_id, reset):
         """IMAGE -> LATENT (raw, as ComfyUI's VAEEncode gives)."""
         host.check_interrupted()
+        use(vae)
         streams = registry("vae_encode")
         if reset:
             streams.reset(stream_id)

@@ -15,7 +15,7 @@ from ..models.wan.stream_session import TIMINGS, Control, StreamSession
 from ..models.wan.vace_context import pixel_frame_start
 from ..models.wan.checkpoint import load_wan_model
 from . import host
-from .model_cache import cached, file_key
+from .model_cache import cached, file_key, use
 from .convert import image_to_video, mask_to_video
 from .streams import registry
 from .types import DTYPES, VAE_TYPE
@@ -57,13 +57,8 @@ class StreamVACEModelLoader:
         vace_path = None if vace_module == "none" else host.model_path("diffusion_models", vace_module)
         loras, device = tuple(lora or ()), host.torch_device()
         key = ("wan", file_key(path, vace_path, *(p for p, _ in loras)), vace_path, loras, dtype, str(device))
-
-        def load():
-            model = load_wan_model(path, vace_path=vace_path, loras=loras, dtype=DTYPES[dtype], device=device)
-            model.streamvace_key = key  # streams follow the weights, not the Python object
-            return model
-
-        return (cached(key, load),)
+        return (cached(key, lambda: load_wan_model(path, vace_path=vace_path, loras=loras, dtype=DTYPES[dtype],
+                                                   device=device)),)
 
 
 class StreamVACELora:
@@ -176,6 +171,7 @@ class StreamVACESampler:
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
                warp_steps, vae=None, control=None):
         """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
+        use(model, vae)  # back onto the GPU if ComfyUI offloaded them since the last run
         step_list = tuple(float(s) for s in steps.split(","))
         config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
                               warp_steps=warp_steps, seed=seed)
