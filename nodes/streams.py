@@ -209,23 +209,25 @@ def enforce_budget(keep=None) -> list:
 def park_streams(device, enough: Callable[[], bool]) -> list:
     """Move streams off `device` to the CPU, least recently used first, until enough() (ComfyUI needs memory)."""
     device = torch.device(device)
-    if device.type == "cpu":
-        return []
+    return [] if device.type == "cpu" else _park(device, enough)
+
+
+def _park(device: torch.device, enough, to="cpu", resident=state_nbytes) -> list:
     parked = []
     with _LOCK:
         for reg, sid, entry in _by_age():
             if enough():
                 break
-            if entry.parked_from is not None or state_nbytes(entry.state, device) == 0:
+            if entry.parked_from is not None or resident(entry.state, device) == 0:
                 continue
-            nbytes = move_state(entry.state, "cpu")
+            nbytes = move_state(entry.state, to)
             entry.parked_from = device
             parked.append(f"{reg.kind}:{sid} ({_gib(nbytes)})")
     if parked:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # give the freed blocks back, so ComfyUI sees them free
-        log.info("StreamVACE: ComfyUI needs memory on %s; moved streams to the CPU until they run again: %s",
-                 device, ", ".join(parked))
+        log.info("StreamVACE: ComfyUI needs memory on %s; moved streams to %s until they run again: %s",
+                 device, to, ", ".join(parked))
     return parked
 
 
@@ -245,6 +247,10 @@ def free_streams(stream_id: str = "") -> list:
     freed = []
     with _LOCK:
         for kind, reg in _REGISTRIES.items():
+            if stream_id:
+                reg._dropped.pop(stream_id, None)  # freed on request: its next run needs no explanation
+            else:
+                reg._dropped.clear()
             for sid in reg.ids():
                 if not stream_id or sid == stream_id:
                     reg.reset(sid)
