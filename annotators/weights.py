@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint, state_mismatch
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
@@ -70,11 +70,8 @@ def original_state(path: str, marker: str, not_it: str) -> dict:
 def load_converted(model, converted: dict, path: str, what: str, assign: bool = False):
     """Load converted weights into `model` (float32, eval, frozen); every key must fit: missing, unexpected and
     misshapen keys are named in a CheckpointError. assign=True for a model built on the meta device."""
-    expected = model.state_dict()
-    missing, unexpected = set(expected) - set(converted), set(converted) - set(expected)
-    wrong = [k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"{path}: the checkpoint does not fit {what} (missing {key_summary(missing)}; "
-                              f"unexpected {key_summary(unexpected)}; misshapen {key_summary(wrong)}).")
+    mismatch = state_mismatch(model.state_dict(), converted)
+    if mismatch:
+        raise CheckpointError(f"{path}: the checkpoint does not fit {what} ({mismatch}).")
     model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True, assign=assign)
     return model.eval().requires_grad_(False)

@@ -26,7 +26,7 @@ Conventions, and how they are matched to the Wan VAE (see models/vae/cache.py):
 import torch
 import torch.nn as nn
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, read_checkpoint, state_mismatch
 from .latent_format import LATENT_CHANNELS
 from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
@@ -203,13 +203,9 @@ def load_tiny_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -
         key = f"decoder.{index}.conv.weight"
         if isinstance(block, TGrow) and key in state_dict and state_dict[key].shape[0] > expected[key].shape[0]:
             state_dict[key] = state_dict[key][-expected[key].shape[0]:].contiguous()  # last-timestep channels
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    mismatched = [k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{path}: looks like a TAEHV tiny VAE but does not match the taew2_1 layout: missing "
-            f"{key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; wrong shapes "
-            f"{key_summary(mismatched) or 'none'}. Use taew2_1.pth or taew2_1.safetensors.")
+    mismatch = state_mismatch(expected, state_dict)
+    if mismatch:
+        raise CheckpointError(f"{path}: looks like a TAEHV tiny VAE but does not match the taew2_1 layout: "
+                              f"{mismatch}. Use taew2_1.pth or taew2_1.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
     return vae.to(device=device, dtype=dtype).eval()

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, read_checkpoint, state_mismatch
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
 from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
@@ -217,14 +217,10 @@ def load_wan_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") ->
     with torch.device("meta"):
         vae = WanVAE(config)
     expected = vae.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    mismatched = [k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{path}: looks like a Wan2.1-layout VAE ({config}) but does not match it: "
-            f"missing {key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; "
-            f"wrong shapes {key_summary(mismatched) or 'none'}. The file is damaged or a variant StreamVACE does "
-            "not know; use Wan2.1_VAE.pth or wan_2.1_vae.safetensors.")
+    mismatch = state_mismatch(expected, state_dict)
+    if mismatch:
+        raise CheckpointError(f"{path}: looks like a Wan2.1-layout VAE ({config}) but does not match it: {mismatch}. "
+                              "The file is damaged or a variant StreamVACE does not know; use Wan2.1_VAE.pth or "
+                              "wan_2.1_vae.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
     return vae.to(device=device, dtype=dtype).eval()
