@@ -97,3 +97,11 @@ def test_stream_continues_bit_exactly_after_its_models_and_its_state_went_away_a
     move_state(session, "cpu", copy=True)  # the registry parked the stream on the CPU, then brought it back
     rest = session.generate(1, controls)
     assert torch.equal(torch.cat([first, rest], dim=2), expected)
+
+
+def test_streams_report_their_bytes():
+    session = _session()
+    assert session.nbytes == session.stream.nbytes + session._prompt.nbytes  # + its copy of the prompt
+    assert session.stream.nbytes > session.stream.cache.nbytes > 0
+    session.generate(1, _controls())
+    assert session.nbytes > session.stream.nbytes  # + the VACE encoder caches and the reference hints

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..memory import state_nbytes
 from .attention import attention
 from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
@@ -79,6 +80,11 @@ class WanStream:
         self.prompt_version = 0
         self.chunks_done = 0
         self._recache_pending = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this stream holds: KV cache, latent history, noise and time embeddings, text K/V (not the model)."""
+        return state_nbytes(self)
 
     @property
     def frames_done(self) -> int:
