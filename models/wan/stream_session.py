@@ -68,8 +68,31 @@ def fit_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _window(video: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """Frames [start, start + length) of [C, T, H, W], holding the last frame past the end."""
-    index = torch.arange(start, start + length).clamp(max=video.shape[1] - 1)
+    last = video.shape[1] - 1
+    if start + length <= last + 1:
+        return video[:, start:start + length]  # a view: no gather, no index tensor
+    index = torch.arange(start, start + length, device=video.device).clamp(max=last)
     return video[:, index]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to a CUDA device without stalling the host (pinned, non-blocking); else a plain .to."""
+    if tensor is None or tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@dataclass
+class _Staged:
+    """A control's inputs for one call, on the device: its frames/mask cut to the call's pixel frames."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+    first_frame: torch.Tensor
+    last_frame: torch.Tensor
+    offset: int  # pixel frame of the stream (or of the call, for timing 'call') where the cut starts
 
 
 class StreamSession:
@@ -101,7 +124,7 @@ class StreamSession:
 
     def use_model(self, model: WanDiT) -> None:
         """Continue with another copy of the same weights (e.g. the model was loaded again)."""
-        self.stream.model = model
+        self.stream.use_model(model)
 
     def use_vae(self, vae) -> None:
         """Encode controls with this VAE from now on (controls restart their encoder streams)."""
@@ -127,28 +150,37 @@ class StreamSession:
             self._references[index] = (images, reference)
         return reference
 
-    def _chunk_controls(self, controls, call_start: int, last_in_call: bool) -> list:
+    def _stage(self, control: Control, call_start: int, chunks: int) -> _Staged:
+        """Move what this call needs of a control to the device once (the chunk loop then never waits on the host)."""
+        c, device = self.config, self.stream.device
+        offset = 0 if control.timing == "call" else call_start
+        length = pixel_frame_start(self.stream.chunks_done + chunks, c.chunk_frames) - call_start
+        cut = lambda video: None if video is None else to_device(_window(video, offset, length), device)  # noqa: E731
+        return _Staged(cut(control.frames), cut(control.mask), to_device(control.first_frame, device),
+                       to_device(control.last_frame, device), offset)
+
+    def _chunk_controls(self, controls, staged, references, call_start: int, last_in_call: bool) -> list:
         c, inputs = self.config, []
         chunk = self.stream.chunks_done
-        for index, control in enumerate(controls):
+        for index, (control, inputs_on_device) in enumerate(zip(controls, staged)):
             builder = self._builder(index)
             length = builder.frames_needed()
             start = pixel_frame_start(chunk, c.chunk_frames) - (call_start if control.timing == "call" else 0)
+            start -= inputs_on_device.offset
             frames = mask = None
-            if control.frames is not None:
-                frames = fit_video(_window(control.frames, start, length).to(self.stream.device), c.height, c.width)
-            if control.mask is not None:
-                mask = fit_video(_window(control.mask, start, length).to(self.stream.device), c.height, c.width)
-            first = control.first_frame if chunk == 0 else None
-            last = control.last_frame if last_in_call else None
+            if inputs_on_device.frames is not None:
+                frames = fit_video(_window(inputs_on_device.frames, start, length), c.height, c.width)
+            if inputs_on_device.mask is not None:
+                mask = fit_video(_window(inputs_on_device.mask, start, length), c.height, c.width)
+            first = inputs_on_device.first_frame if chunk == 0 else None
+            last = inputs_on_device.last_frame if last_in_call else None
             if first is not None or last is not None:
                 fit = lambda image: fit_video(image[:, None], c.height, c.width)[:, 0]  # noqa: E731
                 frames, mask = frame_reference_control(length, None if first is None else fit(first),
                                                        None if last is None else fit(last), frames, mask)
             batch = lambda x: None if x is None else x[None].expand(c.batch, -1, -1, -1, -1)  # noqa: E731
             context = builder.context_for_chunk(batch(frames), batch(mask))
-            reference = self._reference(index, control.references) if control.references is not None else None
-            inputs.append(VaceInput(context, control.strength, reference))
+            inputs.append(VaceInput(context, control.strength, references[index]))
         return inputs
 
     @torch.inference_mode()
@@ -158,9 +190,12 @@ class StreamSession:
             raise ValueError("VACE control was given but the model has no VACE blocks: load a VACE checkpoint "
                              "(or add a VACE module file in the loader)")
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
+        staged = [self._stage(control, call_start, chunks) for control in controls]
+        references = [None if control.references is None else self._reference(index, control.references)
+                      for index, control in enumerate(controls)]  # compared once per call, not per chunk
         out = []
         for i in range(chunks):
-            vace = self._chunk_controls(controls, call_start, last_in_call=i == chunks - 1)
+            vace = self._chunk_controls(controls, staged, references, call_start, last_in_call=i == chunks - 1)
             out.append(self.stream.next_chunk(vace, on_step))
             for index in range(len(controls)):
                 self._builders[index].commit()

@@ -143,8 +143,8 @@ def frame_reference_control(length: int, first: torch.Tensor = None, last: torch
     if image is None:
         raise ValueError("first/last-frame extension needs a first or a last frame")
     _, h, w = image.shape
-    frames = torch.zeros(3, length, h, w) if frames is None else frames.clone()
-    mask = torch.ones(1, length, h, w) if mask is None else mask.clone()
+    frames = image.new_zeros(3, length, h, w) if frames is None else frames.clone()  # on the image's device
+    mask = image.new_ones(1, length, h, w) if mask is None else mask.clone()
     if first is not None:
         frames[:, 0], mask[:, 0] = first, 0.0
     if last is not None:
