@@ -7,6 +7,8 @@ belong to its model management: they are never counted or moved here, only liste
 
 Tensors are counted once per storage (views share their base's bytes). Moving keeps two references
 to one tensor pointing to one moved tensor; separate views of one storage become separate copies.
+After a move, every walked object with a `state_moved()` method is told (a stream drops what points at
+the old addresses, such as captured CUDA graphs).
 torch.Generators stay where they are: a CUDA generator's state cannot live on the CPU, it holds no
 memory worth moving, and a moved-away stream only runs again after moving back.
 """
@@ -99,11 +101,14 @@ def move_state(state, device, non_blocking: bool = False, copy: bool = False) ->
     device = torch.device(device)
     moved, seen, stack, total = {}, set(), [state], 0
     tuples = []  # (container, key, tuple) to rebuild once their items have moved
+    told = []  # walked objects that want to know
     while stack:
         value = stack.pop()
         if id(value) in seen:
             continue
         seen.add(id(value))
+        if _walks_into(value) and callable(getattr(value, "state_moved", None)):
+            told.append(value)
         for container, key, child in _children(value):
             if isinstance(child, torch.Tensor):
                 if copy or not _on(child, device):
@@ -128,4 +133,7 @@ def move_state(state, device, non_blocking: bool = False, copy: bool = False) ->
         moved[id(old)] = (old, new)
         if not isinstance(container, tuple):
             container[key] = new
+    if total:
+        for value in told:
+            value.state_moved()
     return total

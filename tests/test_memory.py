@@ -105,3 +105,33 @@ def test_streams_report_their_bytes():
     assert session.stream.nbytes > session.stream.cache.nbytes > 0
     session.generate(1, _controls())
     assert session.nbytes > session.stream.nbytes  # + the VACE encoder caches and the reference hints
+
+
+def _fast_stream_run(move_at=None, chunks=7, switch_at=6):
+    """The graphs' static-buffer chunk loop (run eagerly on the CPU); at `move_at` the stream is parked and
+    brought back and its model offloaded and reloaded, then a prompt switch re-caches through the eager blocks."""
+    from streamvace.models.wan.fast_path import ChunkGraphs
+    from streamvace.models.wan.stream import WanStream
+
+    stream = WanStream(tiny_model(), StreamConfig(height=H, width=W, seed=4))
+    stream.cuda_graphs, stream._graphs = True, ChunkGraphs(stream, capture=False)
+    stream._capture_graphs = False
+    g = torch.Generator().manual_seed(0)
+    texts = [torch.randn(1, 5, TEXT_DIM, generator=g) for _ in range(2)]
+    stream.set_prompt(texts[0])
+    out = []
+    for chunk in range(chunks):
+        if chunk == move_at:
+            move_state(stream, "cpu", copy=True)
+            _round_trip_weights(stream.model)
+        if chunk == switch_at:
+            stream.set_prompt(texts[1])
+        out.append(stream.next_chunk())
+    return torch.cat(out, dim=2), stream
+
+
+def test_the_fast_chunk_loop_continues_exactly_after_the_stream_and_its_model_moved():
+    expected, _ = _fast_stream_run()
+    moved, stream = _fast_stream_run(move_at=5)
+    assert stream._graphs is not None and stream._graphs.weights == stream.weight_addresses()
+    assert torch.equal(moved, expected)

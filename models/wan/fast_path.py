@@ -59,6 +59,7 @@ class ChunkGraphs:
         s, cache = stream, stream.cache
         self.capture = capture  # False: the same static-buffer forwards, run eagerly (tests on the CPU)
         self.stream = s
+        self.weights = s.weight_addresses()  # the graphs are valid while the weights stay where they are
         self.x = torch.zeros(s.latent_shape, dtype=torch.float32, device=s.device)
         e, e0 = s._time[0]
         self.time = (torch.zeros_like(e), torch.zeros_like(e0))

@@ -85,6 +85,7 @@ class WanStream:
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device; use cuda_graphs=False on the CPU")
         self._graphs = None
+        self._capture_graphs = True  # False: the graphs' static-buffer forwards run eagerly (CPU tests)
         self.chunks_done = 0
         self._recache_pending = False
 
@@ -111,6 +112,16 @@ class WanStream:
         self.text_kv = (base, vace)
         self.prompt_version += 1
         self._recache_pending = recache and self.frames_done > 0
+
+    def weight_addresses(self) -> tuple:
+        """Where the model's weights and buffers sit in memory: CUDA graphs replay reads from these addresses."""
+        return tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+
+    def state_moved(self) -> None:
+        """The stream's tensors moved (models/memory.move_state) or its model's did: captured CUDA graphs read
+        the old addresses, so they are captured again at the next steady chunk."""
+        if self._graphs is not None:
+            self._capture_graphs, self._graphs = self._graphs.capture, None
 
     def use_model(self, model: WanDiT) -> None:
         """Continue with another copy of the same weights (recaptures the CUDA graphs)."""
@@ -205,10 +216,12 @@ class WanStream:
         """forward(x, step, vace, need_output) for this chunk: replayed from CUDA graphs in the steady state
         (cache full, no reference images), else the eager blocks."""
         if self.cuda_graphs and self.cache.is_steady(slots) and all(item.reference is None for item in vace):
+            if self._graphs is not None and self._graphs.weights != self.weight_addresses():
+                self.state_moved()  # ComfyUI offloaded the model and loaded it back elsewhere in memory
             if self._graphs is None:
                 from .fast_path import ChunkGraphs
 
-                self._graphs = ChunkGraphs(self)
+                self._graphs = ChunkGraphs(self, capture=self._capture_graphs)
             self._graphs.prepare_chunk(slots, rope)
             return self._graphs.forward
         attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
