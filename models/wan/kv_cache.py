@@ -168,6 +168,13 @@ class KVCache:
         n = self.tokens_per_frame
         return [(source // n, slot // n, length // n) for source, slot, length in slots.runs]
 
+    def switch_frames(self, end: int) -> range:
+        """The frames a LongLive prompt switch at frame `end` re-caches: all of them while they fit the cache
+        (sink included), else the ring's (the last ring_frames; the sink keeps its K/V)."""
+        if end <= self.capacity_frames:
+            return range(0, end)
+        return range(end - self.ring_frames, end)
+
     def recache_index(self, slots: ChunkSlots, visible_frames: list) -> torch.Tensor:
         """Token indices of `visible_frames` + the chunk, for recache_attend_fn (build once per chunk)."""
         n = self.tokens_per_frame

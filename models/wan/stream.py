@@ -38,6 +38,12 @@ class StreamConfig:
     max_frames: int = 21  # only for the full-history policy
     vace_in_cache_pass: bool = False  # Scope runs the clean t = 0 pass without VACE hints (a prompt-switch
     # re-cache always runs without them: the controls of past chunks are not kept)
+    vace_mask_time: str = "nearest"  # VACE's per-latent-frame mask sample (models/wan/vace_context.py), or "max"
+    recache: str = "longlive"  # prompt switch: one bidirectional pass over the cached frames (LongLive), or
+    # "chunkwise": chunk by chunk, each causally over its visible past (an earlier StreamVACE variant)
+
+
+RECACHE_MODES = ("longlive", "chunkwise")
 
 
 @dataclass
@@ -61,6 +67,8 @@ class WanStream:
             raise ValueError(f"height and width must be positive multiples of 16, got {c.height}x{c.width}")
         if c.chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {c.chunk_frames}")
+        if c.recache not in RECACHE_MODES:
+            raise ValueError(f"unknown prompt-switch re-cache {c.recache!r}; choose one of {RECACHE_MODES}")
         self.latent_shape = (c.batch, model.config.in_dim, c.chunk_frames, c.height // VAE_SPATIAL, c.width // VAE_SPATIAL)
         self.grid = model.token_grid(self.latent_shape)
         self.tokens_per_frame = self.grid[1] * self.grid[2]
@@ -102,8 +110,8 @@ class WanStream:
     def set_prompt(self, text: torch.Tensor, recache: bool = True) -> None:
         """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks.
 
-        Mid-stream, `recache` (LongLive) recomputes the window's K/V from its clean latents under the new
-        prompt before the next chunk; the sink keeps the old prompt's K/V (LongLive's global sink).
+        Mid-stream, `recache` recomputes the cached frames' K/V from their clean latents under the new prompt
+        before the next chunk (config.recache says how; see `_recache_longlive`).
         """
         if text.shape[0] not in (1, self.config.batch):
             raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
@@ -136,6 +144,30 @@ class WanStream:
         self._recache_pending = False
 
     def _recache(self) -> None:
+        if self.config.recache == "longlive":
+            self._recache_longlive()
+        else:
+            self._recache_chunkwise()
+
+    def _recache_longlive(self) -> None:
+        """LongLive v1.0's switch (global sink): ONE t = 0 forward over the clean latents of the frames
+        `cache.switch_frames` names, bidirectional among them, each also attending to the sink's stored K/V.
+
+        Past the first cache-full (switch at s > sink + ring) those are the ring's frames: the sink keeps
+        the old prompt's K/V (LongLive's is_recompute keeps the write out of the sink slots). Up to it they
+        are all frames 0..s-1 and the sink slots are rewritten too (LongLive's recompute starts at frame 0).
+        Inputs come from the committed latent history, so a failed chunk before it changes nothing.
+        """
+        frames = self.cache.switch_frames(self.frames_done)
+        slots = self.cache.slots(frames.start, len(frames))
+        attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
+        latents = torch.cat([self.history[:, :, slot:slot + n] for _, slot, n in self.cache.frame_slot_runs(slots)], 2)
+        rope = RotaryTable.for_grid(self.model.config.head_dim, frames.start, len(frames), *self.grid[1:],
+                                    device=self.device)
+        self._forward(latents, len(self.sigmas), attends, rope, (), need_output=False)
+
+    def _recache_chunkwise(self) -> None:
+        """Re-cache chunk by chunk, each chunk causally over its visible past (config.recache="chunkwise")."""
         policy, chunk, end = self.config.policy, self.config.chunk_frames, self.frames_done
         first = policy.sink_frames if policy.window_frames is None else max(policy.sink_frames, end - policy.window_frames)
         resident = set(self.cache.resident_frames())
