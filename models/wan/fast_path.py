@@ -19,6 +19,7 @@ import logging
 import torch
 
 from .rope import RotaryTable
+from .vace import VaceInput
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ class ChunkGraphs:
         return out
 
     def _capture(self, inputs, key, need_output):
-        from .stream import VaceInput
-
         vace = [VaceInput(context, scale) for context, scale in zip(inputs, key[1])]
 
         def run():

@@ -16,7 +16,7 @@ from .attention import attention
 from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
-from .vace import combine_hints, vace_hints
+from .vace import VaceInput, combine_hints, vace_hints  # noqa: F401 (VaceInput: part of this API)
 from .dit import WanDiT
 
 VAE_SPATIAL = 8
@@ -44,15 +44,6 @@ class StreamConfig:
 
 
 RECACHE_MODES = ("longlive", "chunkwise")
-
-
-@dataclass
-class VaceInput:
-    """One VACE control for a chunk: its 96-channel context [B, 96, F, h, w], a strength, optional references."""
-
-    context: torch.Tensor
-    scale: float = 1.0
-    reference: object = None  # a models.vace_reference.VaceReference
 
 
 class WanStream:
