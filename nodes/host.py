@@ -6,6 +6,7 @@ scripts, the CLI) they fall back to a plain models directory (STREAMVACE_MODELS_
 """
 
 import importlib
+import logging
 import os
 
 import torch
@@ -188,11 +189,17 @@ def watch_memory(on_pressure, on_unload_all) -> bool:
 
     def watched_free_memory(memory_required, device, *args, **kwargs):
         unloaded = free_memory(memory_required, device, *args, **kwargs)
-        on_pressure(device, lambda: model_management.get_free_memory(device) >= memory_required)
+        try:
+            on_pressure(device, lambda: model_management.get_free_memory(device) >= memory_required)
+        except Exception:  # our streams must never break ComfyUI's own loading
+            logging.getLogger(__name__).exception("StreamVACE: could not move streams off %s", device)
         return unloaded
 
     def watched_unload_all_models(*args, **kwargs):
-        on_unload_all()
+        try:
+            on_unload_all()
+        except Exception:
+            logging.getLogger(__name__).exception("StreamVACE: could not drop the streams")
         return unload_all_models(*args, **kwargs)
 
     # module attributes: ComfyUI calls both through the module (load_models_gpu's free_memory is a global
