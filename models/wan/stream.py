@@ -13,6 +13,7 @@ import torch
 
 from ..memory import state_nbytes
 from .attention import attention
+from .fast_path import ChunkGraphs
 from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
@@ -242,8 +243,6 @@ class WanStream:
             if self._graphs is not None and self._graphs.weights != self.weight_addresses():
                 self.state_moved()  # ComfyUI offloaded the model and loaded it back elsewhere in memory
             if self._graphs is None:
-                from .fast_path import ChunkGraphs
-
                 self._graphs = ChunkGraphs(self, capture=self._capture_graphs)
             self._graphs.prepare_chunk(slots, rope)
             return self._graphs.forward
