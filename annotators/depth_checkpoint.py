@@ -10,7 +10,8 @@ import re
 
 import torch
 
-from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..models.checkpoint_io import CheckpointError
+from .weights import load_converted, original_state
 
 OUT_INDICES = {12: [3, 6, 9, 12], 24: [5, 12, 18, 24]}
 _REFINENET_TO_FUSION = {1: 3, 2: 2, 3: 1, 4: 0}
@@ -102,15 +103,11 @@ def load_original_depth_anything(path: str):
     """A DepthAnythingForDepthEstimation (float32, CPU, eval) from an original V2 .pth / .safetensors file."""
     from transformers import DepthAnythingForDepthEstimation
 
-    state = read_checkpoint(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or "pretrained.cls_token" not in state:
-        found = key_summary(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(
-            f"{path}: not a Depth Anything V2 checkpoint (expected keys pretrained.* and depth_head.* as in "
-            f"depth_anything_v2_vits.pth); found {found}. Use depth_anything_v2_vit{{s,b,l}}.pth or a "
-            "transformers folder such as depth-anything/Depth-Anything-V2-Small-hf.")
+    state = original_state(
+        path, "pretrained.cls_token",
+        "not a Depth Anything V2 checkpoint (expected keys pretrained.* and depth_head.* as in "
+        "depth_anything_v2_vits.pth); found {found}. Use depth_anything_v2_vit{{s,b,l}}.pth or a "
+        "transformers folder such as depth-anything/Depth-Anything-V2-Small-hf.")
     try:
         config = depth_anything_config_from_state(state)
         with torch.device("meta"):
@@ -119,9 +116,4 @@ def load_original_depth_anything(path: str):
         converted = convert_depth_anything_state(state, modern)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from error
-    missing, unexpected = set(model.state_dict()) - set(converted), set(converted) - set(model.state_dict())
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: the checkpoint does not fit Depth Anything V2 (missing "
-                              f"{key_summary(missing)}; unexpected {key_summary(unexpected)}).")
-    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return load_converted(model, converted, path, "Depth Anything V2", assign=True)

@@ -11,7 +11,8 @@ import re
 
 import torch
 
-from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..models.checkpoint_io import CheckpointError
+from .weights import load_converted, original_state
 
 # (embed dim, blocks) -> Hiera settings (facebookresearch/sam2 configs; transformers' converter get_config)
 HIERA_SIZES = {
@@ -132,27 +133,14 @@ def load_original_sam2(path: str):
     """A Sam2VideoModel (float32, CPU, eval) from an original sam2[.1]_hiera_*.pt / .safetensors file."""
     from transformers import Sam2VideoModel
 
-    state = read_checkpoint(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or "image_encoder.trunk.patch_embed.proj.weight" not in state:
-        found = key_summary(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(
-            f"{path}: not an original SAM2 checkpoint (expected image_encoder.trunk.* keys as in "
-            f"sam2.1_hiera_tiny.pt); found {found}. Use Meta's sam2[.1]_hiera_*.pt, kijai's .safetensors of them, "
-            "or a transformers folder such as facebook/sam2.1-hiera-tiny.")
+    state = original_state(
+        path, "image_encoder.trunk.patch_embed.proj.weight",
+        "not an original SAM2 checkpoint (expected image_encoder.trunk.* keys as in sam2.1_hiera_tiny.pt); found "
+        "{found}. Use Meta's sam2[.1]_hiera_*.pt, kijai's .safetensors of them, or a transformers folder such as "
+        "facebook/sam2.1-hiera-tiny.")
     try:
         config = sam2_config_from_state(state)
         converted = convert_sam2_state(state)
     except (CheckpointError, KeyError) as error:
         raise CheckpointError(f"{path}: not a complete SAM2 checkpoint ({error})") from error
-    model = Sam2VideoModel(config)
-    expected = model.state_dict()
-    missing, unexpected = set(expected) - set(converted), set(converted) - set(expected)
-    wrong = [k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"{path}: the checkpoint does not fit SAM2 {config.vision_config.backbone_config} "
-                              f"(missing {key_summary(missing)}; unexpected {key_summary(unexpected)}; "
-                              f"misshapen {key_summary(wrong)}).")
-    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True)
-    return model.eval().requires_grad_(False)
+    return load_converted(Sam2VideoModel(config), converted, path, f"SAM2 {config.vision_config.backbone_config}")

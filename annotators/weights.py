@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from ..models.checkpoint_io import CheckpointError
+from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint, state_mismatch
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
@@ -51,3 +51,27 @@ def load_hf_model(model_class, path: str, model_types: tuple, what: str, example
         raise CheckpointError(f"{path}: the weights do not match the config ({detail}). The file is incomplete or "
                               f"belongs to another model; download {example} again.")
     return model.eval().requires_grad_(False).to(device=device, dtype=dtype)
+
+
+def original_state(path: str, marker: str, not_it: str) -> dict:
+    """The state dict of an original (non-transformers) checkpoint, unwrapped from {'model': ...}.
+
+    A file without the `marker` key raises a CheckpointError: `not_it`, with {found} replaced by its keys.
+    """
+    state = read_checkpoint(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or marker not in state:
+        found = key_summary(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: {not_it.format(found=found)}")
+    return state
+
+
+def load_converted(model, converted: dict, path: str, what: str, assign: bool = False):
+    """Load converted weights into `model` (float32, eval, frozen); every key must fit: missing, unexpected and
+    misshapen keys are named in a CheckpointError. assign=True for a model built on the meta device."""
+    mismatch = state_mismatch(model.state_dict(), converted)
+    if mismatch:
+        raise CheckpointError(f"{path}: the checkpoint does not fit {what} ({mismatch}).")
+    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True, assign=assign)
+    return model.eval().requires_grad_(False)

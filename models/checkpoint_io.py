@@ -81,3 +81,14 @@ def key_summary(keys, limit: int = 5) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def state_mismatch(expected: dict, state: dict):
+    """What keeps `state` from loading strictly into a model whose state dict is `expected`: 'missing ...;
+    unexpected ...; wrong shapes ...' naming the keys, or None when every key fits."""
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if not (missing or unexpected or wrong):
+        return None
+    return (f"missing {key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; "
+            f"wrong shapes {key_summary(wrong) or 'none'}")

@@ -21,3 +21,10 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         continue
     NODE_CLASS_MAPPINGS.update(getattr(_module, "NODE_CLASS_MAPPINGS", {}))
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+
+from . import host, streams  # noqa: E402  (after the node modules: a broken one must not stop the hook)
+
+# inside ComfyUI: its free_memory parks our streams when it needs device memory, and its Unload models /
+# Free (unload_all_models) drops them; a no-op elsewhere
+host.watch_memory(streams.park_streams,
+                  lambda: streams.drop_all_streams("ComfyUI unloaded all models (Unload models / Free)"))

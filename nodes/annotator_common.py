@@ -5,7 +5,7 @@ import os
 import torch
 
 from . import host
-from .model_cache import cached, file_key
+from .model_cache import cached, file_key, use
 from .streams import registry
 from .types import STREAM_INPUTS  # noqa: F401 (re-exported for the annotator node modules)
 
@@ -47,11 +47,14 @@ def model_path(folder: str, name: str, expected: str) -> str:
 
 
 def cached_model(loader, path: str):
-    """loader(path, device, dtype), memoised (the last few models stay loaded; bf16 on CUDA, float32 on CPU)."""
+    """loader(path, device, dtype) (bf16 on CUDA, float32 on CPU), memoised while in use and loaded onto the
+    compute device for this run (ComfyUI may have offloaded it since the last one)."""
     device = host.torch_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     key = (loader.__module__, loader.__name__, path, file_key(path), str(device), dtype)
-    return cached(key, lambda: loader(path, device=device, dtype=dtype))
+    model = cached(key, lambda: loader(path, device=device, dtype=dtype))
+    use(model)
+    return model
 
 
 def stream_state(kind: str, stream_id: str, reset: bool, signature, factory):

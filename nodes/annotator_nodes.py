@@ -44,8 +44,9 @@ class StreamVACEDepth(StreamingNode):
     def annotate(self, image, model, normalize, resolution, stream_id, reset):
         """Depth frames for this chunk."""
         path = model_path(DEPTH_FOLDER, model, "a Depth Anything V2 model (e.g. Depth-Anything-V2-Small-hf)")
+        net = cached_model(load_depth_model, path)  # every run: loads it back if ComfyUI offloaded it
         annotator = stream_state("depth", stream_id, reset, (path, normalize, resolution),
-                                 lambda: DepthAnnotator(cached_model(load_depth_model, path), resolution, normalize))
+                                 lambda: DepthAnnotator(net, resolution, normalize))
         return (video_to_image(annotator(on_device(image_to_video(image)))),)
 
 

@@ -10,7 +10,7 @@ from ..models.dreamlite.pipeline import StylizeModel, StylizeOptions, resize_fra
 from ..models.dreamlite.flicker_metrics import flicker_report
 from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
 from . import host, streams
-from .model_cache import cached, file_key
+from .model_cache import cached, file_key, use
 
 MODEL_FOLDER = "diffusers"  # ComfyUI's folder for diffusers-format pipelines
 ADAPTER_FOLDER = "controlnet"  # LLLite adapters live with the ControlNets
@@ -153,6 +153,7 @@ class StreamVACEDreamLiteStylize:
     def stylize(self, dreamlite, images, prompt, stream_id, reset, width, height, steps, batch_size,
                 te_refresh_every, te_batch_one, cond_refresh_every, lllite_strength, fixed_noise, seed):
         """Stylize the frames and continue the stream named `stream_id`."""
+        use(dreamlite)
         registry = streams.registry("dreamlite")
         if reset:
             registry.reset(stream_id)

@@ -6,6 +6,7 @@ scripts, the CLI) they fall back to a plain models directory (STREAMVACE_MODELS_
 """
 
 import importlib
+import logging
 import os
 
 import torch
@@ -142,3 +143,92 @@ class Progress:
 
         pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         self._bar.update_absolute(self.current, self.total, ("JPEG", Image.fromarray(pixels), _preview_size()))
+
+
+def total_memory(device=None) -> int:
+    """Bytes of memory on the compute device (system RAM for the CPU)."""
+    device = torch.device(device) if device is not None else torch_device()
+    model_management = _comfy("comfy.model_management")
+    if model_management is not None:
+        return int(model_management.get_total_memory(device))
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class ManagedModules(torch.nn.Module):
+    """What ComfyUI's ModelPatcher manages for one engine object: its modules as children.
+
+    A holder of our own, because ModelPatcher sets plain attributes (device, model_loaded_weight_memory, ...)
+    on the module it wraps, and transformers models have a read-only `device`.
+    """
+
+    def __init__(self, modules: list, device):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(modules)
+        self.device = device
+
+
+def manage_model(modules: list, device):
+    """A ComfyUI ModelPatcher over these modules (now on `device`), so ComfyUI can offload them between
+    runs like its own models; None outside ComfyUI, where models simply stay where they were loaded."""
+    model_management, model_patcher = _comfy("comfy.model_management"), _comfy("comfy.model_patcher")
+    if model_management is None or model_patcher is None or not modules:
+        return None
+    device = torch.device(device)
+    offload = model_management.unet_offload_device()
+    patcher = model_patcher.ModelPatcher(ManagedModules(modules, device), load_device=device,
+                                         offload_device=offload)
+    if device != offload:  # already on the GPU: let ComfyUI count it as loaded there
+        model_management.load_models_gpu([patcher], force_full_load=True)
+    return patcher
+
+
+def load_models(patchers: list) -> None:
+    """Bring managed models onto the compute device before a node runs them (ComfyUI frees memory for them
+    by offloading other models first); whole models only, as our modules do not cast weights per layer."""
+    patchers = [p for p in patchers if p is not None]
+    model_management = _comfy("comfy.model_management")
+    if patchers and model_management is not None:
+        model_management.load_models_gpu(patchers, force_full_load=True)
+
+
+def offload_models(patchers: list) -> None:
+    """Move managed models to ComfyUI's offload device now (they load again when next used)."""
+    for patcher in patchers:
+        if patcher is not None:
+            patcher.detach()
+
+
+def watch_memory(on_pressure, on_unload_all) -> bool:
+    """Hook ComfyUI's memory management: on_pressure(device, enough) after its free_memory still left too
+    little free (enough() tells when there is enough now), on_unload_all() when it unloads every model (the
+    Unload models / Free buttons, POST /free). Installed once; False outside ComfyUI."""
+    model_management = _comfy("comfy.model_management")
+    if model_management is None:
+        return False
+    if getattr(model_management, "_streamvace_watched", False):
+        return True
+    free_memory, unload_all_models = model_management.free_memory, model_management.unload_all_models
+
+    def watched_free_memory(memory_required, device, *args, **kwargs):
+        unloaded = free_memory(memory_required, device, *args, **kwargs)
+        try:
+            on_pressure(device, lambda: model_management.get_free_memory(device) >= memory_required)
+        except Exception:  # our streams must never break ComfyUI's own loading
+            logging.getLogger(__name__).exception("StreamVACE: could not move streams off %s", device)
+        return unloaded
+
+    def watched_unload_all_models(*args, **kwargs):
+        try:
+            on_unload_all()
+        except Exception:
+            logging.getLogger(__name__).exception("StreamVACE: could not drop the streams")
+        return unload_all_models(*args, **kwargs)
+
+    # module attributes: ComfyUI calls both through the module (load_models_gpu's free_memory is a global
+    # lookup in the same module, /free reaches unload_all_models as comfy.model_management.unload_all_models)
+    model_management.free_memory = watched_free_memory
+    model_management.unload_all_models = watched_unload_all_models
+    model_management._streamvace_watched = True
+    return True

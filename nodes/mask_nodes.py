@@ -105,8 +105,9 @@ class StreamVACESAM2(StreamingNode):
         path = model_path(SAM2_FOLDER, model, "sam2.1_hiera_tiny.safetensors or a transformers SAM2 video folder")
         points, box_list = prompts_from_json(positive_points, negative_points, boxes)
         settings = (path, positive_points, negative_points, boxes, mask_threshold)
-        annotator = stream_state("sam2", stream_id, reset, settings, lambda: Sam2VideoAnnotator(
-            cached_model(load_sam2_video_model, path), points, box_list, mask_threshold))
+        net = cached_model(load_sam2_video_model, path)  # every run: loads it back if ComfyUI offloaded it
+        annotator = stream_state("sam2", stream_id, reset, settings,
+                                 lambda: Sam2VideoAnnotator(net, points, box_list, mask_threshold))
         return (video_to_mask(annotator(on_device(image_to_video(image)))),)
 
 

@@ -31,12 +31,13 @@ class _StreamFile:
         self.path = _next_path(prefix)
         self.writer = VideoWriter(self.path, fps, fragmented=True)
 
+    def close(self) -> None:
+        """Finish the file (the registry calls this whenever the stream is freed or dropped)."""
+        self.writer.close()
+
 
 def _close(stream_id: str) -> None:
-    state = _WRITERS.get(stream_id)
-    if state is not None:
-        state.writer.close()
-        _WRITERS.reset(stream_id)
+    _WRITERS.reset(stream_id)
 
 
 @atexit.register

@@ -3,10 +3,50 @@
 A ComfyUI queue run executes the graph once. A streaming node keeps its state (KV cache, VAE caches,
 previous frames, RNG cursor, ...) here, never in class attributes, so that N queued runs continue one
 stream. Entries are recreated when their signature (model, resolution, seed, ...) changes.
+
+Memory. All streams of all kinds share one byte budget (STREAMVACE_STREAM_BUDGET: '8GB', '512MB', a byte
+count, or a share of the compute device's memory such as '40%'; default 40%). Past it, the least recently
+used streams are dropped, with a log line naming them. When ComfyUI needs device memory (its free_memory,
+e.g. for another workflow's model) streams move to the CPU, least recently used first, and move back when
+next used; ComfyUI's "Unload models" / Free (unload_all_models) drops every stream. A dropped stream's
+next run starts over from its first frame and logs why.
 """
 
+import itertools
+import logging
+import os
 import threading
 from typing import Any, Callable, Hashable
+
+import torch
+
+from ..models.memory import move_state, state_nbytes
+from . import host
+
+BUDGET_ENV = "STREAMVACE_STREAM_BUDGET"
+DEFAULT_BUDGET = "40%"  # of the compute device: the rest is for models and activations
+_REMEMBER_DROPPED = 256  # dropped ids remembered per kind, for the "starts over" message
+
+_LOCK = threading.RLock()  # one lock for every registry: budget and memory pressure act across kinds
+_CLOCK = itertools.count()
+log = logging.getLogger(__name__)
+
+
+class _Entry:
+    __slots__ = ("signature", "state", "used", "parked_from")
+
+    def __init__(self, signature, state):
+        self.signature, self.state, self.used, self.parked_from = signature, state, next(_CLOCK), None
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2 ** 30:.2f} GiB"
+
+
+def _close(state) -> None:
+    close = getattr(state, "close", None)
+    if callable(close):
+        close()
 
 
 class StreamRegistry:
@@ -15,38 +55,84 @@ class StreamRegistry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries = {}
-        self._lock = threading.Lock()
+        self._dropped = {}  # stream id -> why it was dropped (until its next run starts it over)
+
+    def _touch(self, stream_id: str, entry: _Entry) -> None:
+        entry.used = next(_CLOCK)
+        if entry.parked_from is not None:
+            nbytes = move_state(entry.state, entry.parked_from)
+            log.info("StreamVACE: moved the %s stream '%s' back to %s (%s)", self.kind, stream_id,
+                     entry.parked_from, _gib(nbytes))
+            entry.parked_from = None
 
     def get(self, stream_id: str):
-        """The state of a stream, or None."""
-        entry = self._entries.get(stream_id)
-        return None if entry is None else entry[1]
+        """The state of a stream (on its device again if it was parked), or None."""
+        with _LOCK:
+            entry = self._entries.get(stream_id)
+            if entry is None:
+                return None
+            self._touch(stream_id, entry)
+            return entry.state
 
     def get_or_create(self, stream_id: str, signature: Hashable, factory: Callable[[], Any]):
         """The stream's state; a fresh one from `factory` if absent or if its signature changed."""
         if not stream_id:
             raise ValueError(f"{self.kind} stream id must not be empty: name the stream (e.g. 'main').")
-        with self._lock:
+        with _LOCK:
             entry = self._entries.get(stream_id)
-            if entry is None or entry[0] != signature:
-                self._entries.pop(stream_id, None)  # free the old state before allocating the new one
-                entry = (signature, factory())
+            if entry is not None and entry.signature != signature:
+                self._remove(stream_id)  # free the old state before allocating the new one
+                entry = None
+            if entry is None:
+                why = self._dropped.get(stream_id)
+                entry = _Entry(signature, factory())
                 self._entries[stream_id] = entry
-            return entry[1]
+                if why is not None:
+                    del self._dropped[stream_id]
+                    log.warning("StreamVACE: the %s stream '%s' was dropped earlier (%s); it starts over from its "
+                                "first frame.", self.kind, stream_id, why)
+            else:
+                self._touch(stream_id, entry)
+            enforce_budget(keep=(self.kind, stream_id))
+            return entry.state
+
+    def was_dropped(self, stream_id: str):
+        """Why the stream was dropped, if it was and has not started over yet (else None)."""
+        return self._dropped.get(stream_id)
+
+    def _remove(self, stream_id: str) -> bool:
+        entry = self._entries.pop(stream_id, None)
+        if entry is not None:
+            _close(entry.state)
+        return entry is not None
+
+    def _drop(self, stream_id: str, why: str) -> None:
+        if self._remove(stream_id):
+            self._dropped[stream_id] = why
+            while len(self._dropped) > _REMEMBER_DROPPED:
+                del self._dropped[next(iter(self._dropped))]
 
     def reset(self, stream_id: str) -> bool:
         """Forget a stream; True if it existed."""
-        with self._lock:
-            return self._entries.pop(stream_id, None) is not None
+        with _LOCK:
+            self._dropped.pop(stream_id, None)
+            return self._remove(stream_id)
 
     def clear(self) -> None:
         """Forget every stream of this kind."""
-        with self._lock:
-            self._entries.clear()
+        with _LOCK:
+            for stream_id in list(self._entries):
+                self._remove(stream_id)
+            self._dropped.clear()
 
     def ids(self) -> list:
         """The ids of the live streams."""
         return sorted(self._entries)
+
+    def nbytes(self, stream_id: str) -> int:
+        """Bytes the stream's state holds (0 if there is no such stream)."""
+        entry = self._entries.get(stream_id)
+        return 0 if entry is None else state_nbytes(entry.state)
 
 
 _REGISTRIES = {}
@@ -54,19 +140,121 @@ _REGISTRIES = {}
 
 def registry(kind: str) -> StreamRegistry:
     """The process-wide registry for one kind of stream."""
-    if kind not in _REGISTRIES:
-        _REGISTRIES[kind] = StreamRegistry(kind)
-    return _REGISTRIES[kind]
+    with _LOCK:
+        if kind not in _REGISTRIES:
+            _REGISTRIES[kind] = StreamRegistry(kind)
+        return _REGISTRIES[kind]
+
+
+def _by_age() -> list:
+    """(registry, stream id, entry) of every stream, least recently used first."""
+    found = [(reg, sid, entry) for reg in _REGISTRIES.values() for sid, entry in reg._entries.items()]
+    return sorted(found, key=lambda item: item[2].used)
+
+
+def parse_budget(text: str, device_bytes: int) -> int:
+    """A budget in bytes from '8GB', '512MB', '40%' (of device_bytes) or a plain byte count."""
+    value = text.strip().upper().replace(" ", "").replace("IB", "B")
+    units = {"%": device_bytes / 100, "TB": 2 ** 40, "GB": 2 ** 30, "MB": 2 ** 20, "KB": 2 ** 10, "B": 1}
+    for unit, scale in units.items():
+        if value.endswith(unit):
+            number = value[:-len(unit)]
+            break
+    else:
+        number, scale = value, 1
+    try:
+        result = float(number) * scale
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV}={text!r} is not a memory size: use e.g. '8GB', '512MB', '40%' or a byte "
+                         "count") from None
+    if result < 0:
+        raise ValueError(f"{BUDGET_ENV}={text!r} must not be negative")
+    return int(result)
+
+
+def budget_bytes() -> int:
+    """The streams' byte budget: STREAMVACE_STREAM_BUDGET, or a share of the compute device's memory."""
+    return parse_budget(os.environ.get(BUDGET_ENV, DEFAULT_BUDGET), host.total_memory())
+
+
+def held_bytes() -> int:
+    """Bytes all streams hold, wherever they are."""
+    with _LOCK:
+        return sum(state_nbytes(entry.state) for _, _, entry in _by_age())
+
+
+def enforce_budget(keep=None) -> list:
+    """Drop least recently used streams until all fit the budget (never `keep` = (kind, id)); their names."""
+    with _LOCK:
+        budget = budget_bytes()
+        sizes = [(reg, sid, state_nbytes(entry.state)) for reg, sid, entry in _by_age()]
+        held = sum(size for _, _, size in sizes)
+        if held <= budget:
+            return []
+        dropped, total = [], held
+        for reg, sid, size in sizes:
+            if total <= budget:
+                break
+            if (reg.kind, sid) == keep or size == 0:
+                continue
+            reg._drop(sid, f"the stream memory budget of {_gib(budget)} was exceeded")
+            dropped.append(f"{reg.kind}:{sid} ({_gib(size)})")
+            total -= size
+        if dropped:
+            log.warning("StreamVACE: streams held %s, over the budget of %s (%s); dropped the least recently used: "
+                        "%s", _gib(held), _gib(budget), BUDGET_ENV, ", ".join(dropped))
+        return dropped
+
+
+def park_streams(device, enough: Callable[[], bool]) -> list:
+    """Move streams off `device` to the CPU, least recently used first, until enough() (ComfyUI needs memory)."""
+    device = torch.device(device)
+    return [] if device.type == "cpu" else _park(device, enough)
+
+
+def _park(device: torch.device, enough, to="cpu", resident=state_nbytes) -> list:
+    parked = []
+    with _LOCK:
+        for reg, sid, entry in _by_age():
+            if enough():
+                break
+            if entry.parked_from is not None or resident(entry.state, device) == 0:
+                continue
+            nbytes = move_state(entry.state, to)
+            entry.parked_from = device
+            parked.append(f"{reg.kind}:{sid} ({_gib(nbytes)})")
+    if parked:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the freed blocks back, so ComfyUI sees them free
+        log.info("StreamVACE: ComfyUI needs memory on %s; moved streams to %s until they run again: %s",
+                 device, to, ", ".join(parked))
+    return parked
+
+
+def drop_all_streams(why: str) -> list:
+    """Drop every stream (the next run of each starts over, saying why); their names."""
+    with _LOCK:
+        dropped = [f"{reg.kind}:{sid}" for reg, sid, _ in _by_age()]
+        for reg, sid, _ in _by_age():
+            reg._drop(sid, why)
+    if dropped:
+        log.warning("StreamVACE: %s; dropped every stream: %s", why, ", ".join(dropped))
+    return dropped
 
 
 def free_streams(stream_id: str = "") -> list:
     """Free one stream id in every registry (or all streams when empty); returns what was freed."""
     freed = []
-    for kind, reg in _REGISTRIES.items():
-        for sid in reg.ids():
-            if not stream_id or sid == stream_id:
-                reg.reset(sid)
-                freed.append(f"{kind}:{sid}")
+    with _LOCK:
+        for kind, reg in _REGISTRIES.items():
+            if stream_id:
+                reg._dropped.pop(stream_id, None)  # freed on request: its next run needs no explanation
+            else:
+                reg._dropped.clear()
+            for sid in reg.ids():
+                if not stream_id or sid == stream_id:
+                    reg.reset(sid)
+                    freed.append(f"{kind}:{sid}")
     return freed
 
 

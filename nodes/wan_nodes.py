@@ -20,7 +20,7 @@ from ..models.wan.checkpoint import load_wan_model
 from ..models.wan.fast_path import compile_blocks, uncompile_blocks
 from ..models.wan.fp8 import quantize_blocks_fp8
 from . import host
-from .model_cache import cached, file_key
+from .model_cache import cached, file_key, use
 from .model_lists import DIT_KINDS, LORA_KINDS, UNINSPECTED_NOTE, VACE_KINDS, wan_files
 from .convert import image_to_video, mask_to_video
 from .streams import registry
@@ -83,11 +83,10 @@ class StreamVACEModelLoader:
             model = load_wan_model(path, vace_path=vace_path, loras=loras, dtype=DTYPES[dtype], device=device)
             if fp8:
                 quantize_blocks_fp8(model)
-            model.streamvace_key = key  # streams follow the weights, not the Python object
             return model
 
         progress = host.Progress(1)
-        model = cached(key, load)
+        model = cached(key, load)  # tagged with the key: streams follow the weights, not the Python object
         model.set_attention_backend(attention)  # per model: another loader's choice never changes this one
         (compile_blocks if compile and device.type == "cuda" else uncompile_blocks)(model)
         progress.update(1)
@@ -231,6 +230,7 @@ class StreamVACESampler:
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
                warp_steps, vae=None, control=None, prompts=None, prefill=None, preview_vae=None):
         """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
+        use(model, vae)  # back onto the GPU if ComfyUI offloaded them since the last run
         step_list = tuple(float(s) for s in steps.split(","))
         config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
                               warp_steps=warp_steps, seed=seed)

@@ -355,3 +355,36 @@ def test_another_workflow_in_between_does_not_restart_the_stream(comfyui, refere
              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     assert _status(comfyui.run(other)) == "execution_success"
     assert _frames(comfyui, comfyui.run(t2v_graph("interleaved"))) == reference_stream[1]
+
+
+def _wait_for_log(comfyui, text: str, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in comfyui.log():
+        assert time.monotonic() < deadline, f"the server never logged {text!r}:\n{comfyui.log_tail()}"
+        time.sleep(0.2)
+
+
+def test_our_models_take_part_in_comfyuis_model_management(comfyui, reference_stream):
+    assert "Requested to load ManagedModules" in comfyui.log(), comfyui.log_tail()
+
+
+def test_free_between_runs_drops_the_stream_and_its_next_run_starts_over(comfyui, reference_stream):
+    """Queue a stream, run another workflow that loads a model of its own, press Free (POST /free): our streams
+    and models go; the stream's next run starts over from its first frame, says why, and streams on."""
+    assert _frames(comfyui, comfyui.run(t2v_graph("freed"))) == reference_stream[0]
+    assert _frames(comfyui, comfyui.run(t2v_graph("freed"))) == reference_stream[1]
+    other = {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "clip_l_random.safetensors",
+                                                          "type": "stable_diffusion", "device": "default"}},
+             "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": "another workflow"}},
+             "3": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}},
+             "4": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+             "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
+    assert _status(comfyui.run(other)) == "execution_success", comfyui.log_tail()
+    status, _ = comfyui.post_json("/free", {"unload_models": True, "free_memory": True})
+    assert status == 200
+    _wait_for_log(comfyui, "dropped every stream")  # the prompt worker frees between prompts
+    assert _frames(comfyui, comfyui.run(t2v_graph("freed"))) == reference_stream[0]
+    assert "the wan stream 'freed' was dropped earlier (ComfyUI unloaded all models" in comfyui.log()
+    assert _frames(comfyui, comfyui.run(t2v_graph("freed"))) == reference_stream[1]

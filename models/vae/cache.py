@@ -156,3 +156,31 @@ def begin_call(cache: VAECache, owner: str, role: str, x: torch.Tensor) -> tuple
     shape = frame_shape_of(x)
     cache.check_frame_shape(shape)
     return shape, CacheStep(cache)
+
+
+class StreamingVAE:
+    """The start of every encode and decode call, the same for both VAEs: a new stream when no cache is given,
+    the chunk's checks, the input on the VAE's device and dtype, and a step on the cache.
+
+    A VAE sets `_owner` and has `device`, `dtype`, `new_encoder_cache()` and `new_decoder_cache()`;
+    `_decoder_input` turns checked normalised latents into what its decoder takes.
+    """
+
+    def _decoder_input(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.to(device=self.device, dtype=self.dtype)
+
+    def _begin_encode(self, video: torch.Tensor, cache) -> tuple:
+        """(frames on the VAE, cache, frame shape, step) for an encode call."""
+        cache = self.new_encoder_cache() if cache is None else cache
+        check_video_chunk(video, cache.first_chunk)
+        x = video.to(device=self.device, dtype=self.dtype)
+        shape, step = begin_call(cache, self._owner, "encoder", x)
+        return x, cache, shape, step
+
+    def _begin_decode(self, latents: torch.Tensor, cache) -> tuple:
+        """(decoder input, cache, frame shape, step) for a decode call."""
+        cache = self.new_decoder_cache() if cache is None else cache
+        check_latent_chunk(latents)
+        x = self._decoder_input(latents)
+        shape, step = begin_call(cache, self._owner, "decoder", x)
+        return x, cache, shape, step

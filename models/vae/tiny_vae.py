@@ -26,10 +26,9 @@ Conventions, and how they are matched to the Wan VAE (see models/vae/cache.py):
 import torch
 import torch.nn as nn
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, read_checkpoint, state_mismatch
 from .latent_format import LATENT_CHANNELS
-from .cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, VAECache, begin_call, check_latent_chunk,
-                        check_video_chunk)
+from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
 
 EXPECTED_FILE = "a TAEHV tiny VAE for Wan2.1 (taew2_1.pth or taew2_1.safetensors)"
@@ -91,7 +90,7 @@ class TGrow(nn.Module):
         return self.conv(x).reshape(-1, *x.shape[1:])
 
 
-class TinyVAE(nn.Module):
+class TinyVAE(nn.Module, StreamingVAE):
     """TAEHV for Wan2.1 with streaming encode/decode through explicit per-stream caches (same API as WanVAE)."""
 
     latent_channels = LATENT_CHANNELS
@@ -154,10 +153,7 @@ class TinyVAE(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
-        cache = self.new_encoder_cache() if cache is None else cache
-        check_video_chunk(video, cache.first_chunk)
-        x = video.to(device=self.device, dtype=self.dtype)
-        shape, step = begin_call(cache, self._owner, "encoder", x)
+        x, cache, shape, step = self._begin_encode(video, cache)
         if step.first:  # 3 copies of frame 0 in front: latent 0 = frame 0, latent i = frames 4i-3 .. 4i
             x = torch.cat([x[:, :, :1].expand(-1, -1, TEMPORAL_FACTOR - 1, -1, -1), x], dim=2)
         batch, _, frames, height, width = x.shape
@@ -170,10 +166,7 @@ class TinyVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
-        cache = self.new_decoder_cache() if cache is None else cache
-        check_latent_chunk(latents)
-        x = latents.to(device=self.device, dtype=self.dtype)
-        shape, step = begin_call(cache, self._owner, "decoder", x)
+        x, cache, shape, step = self._begin_decode(latents, cache)
         batch, channels, frames, height, width = x.shape
         out = self._run(self.decoder, x.transpose(1, 2).reshape(batch * frames, channels, height, width), batch, step)
         video = out.view(batch, -1, *out.shape[1:]).transpose(1, 2).clamp(0.0, 1.0) * 2.0 - 1.0
@@ -210,13 +203,9 @@ def load_tiny_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -
         key = f"decoder.{index}.conv.weight"
         if isinstance(block, TGrow) and key in state_dict and state_dict[key].shape[0] > expected[key].shape[0]:
             state_dict[key] = state_dict[key][-expected[key].shape[0]:].contiguous()  # last-timestep channels
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    mismatched = [k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{path}: looks like a TAEHV tiny VAE but does not match the taew2_1 layout: missing "
-            f"{key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; wrong shapes "
-            f"{key_summary(mismatched) or 'none'}. Use taew2_1.pth or taew2_1.safetensors.")
+    mismatch = state_mismatch(expected, state_dict)
+    if mismatch:
+        raise CheckpointError(f"{path}: looks like a TAEHV tiny VAE but does not match the taew2_1 layout: "
+                              f"{mismatch}. Use taew2_1.pth or taew2_1.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
     return vae.to(device=device, dtype=dtype).eval()

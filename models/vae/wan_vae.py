@@ -21,10 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, read_checkpoint, state_mismatch
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
-from .cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, VAECache, begin_call, check_latent_chunk,
-                        check_video_chunk)
+from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
 from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
 
@@ -102,7 +101,7 @@ class Decoder3d(nn.Module):
         return conv(act(norm(x)), step)
 
 
-class WanVAE(nn.Module):
+class WanVAE(nn.Module, StreamingVAE):
     """Wan2.1 VAE with streaming encode/decode; caches are explicit objects, one per stream of frames."""
 
     latent_channels = LATENT_CHANNELS
@@ -132,6 +131,9 @@ class WanVAE(nn.Module):
         """The weights' device (inputs are moved to it)."""
         return self.conv2.weight.device
 
+    def _decoder_input(self, latents: torch.Tensor) -> torch.Tensor:
+        return denormalize_latents(latents.to(device=self.device, dtype=torch.float32)).to(self.dtype)
+
     def new_encoder_cache(self) -> VAECache:
         """A fresh encoder stream: its first chunk must have 1 + 4k frames."""
         return VAECache(self._owner, "encoder", self._encoder_slots)
@@ -143,10 +145,7 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
-        cache = self.new_encoder_cache() if cache is None else cache
-        check_video_chunk(video, cache.first_chunk)
-        x = video.to(device=self.device, dtype=self.dtype)
-        shape, step = begin_call(cache, self._owner, "encoder", x)
+        x, cache, shape, step = self._begin_encode(video, cache)
         pieces = []
         if step.first:  # frame 0 alone becomes latent 0
             pieces.append(self.encoder(x[:, :, :1], step))
@@ -163,10 +162,7 @@ class WanVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
-        cache = self.new_decoder_cache() if cache is None else cache
-        check_latent_chunk(latents)
-        raw = denormalize_latents(latents.to(device=self.device, dtype=torch.float32)).to(self.dtype)
-        shape, step = begin_call(cache, self._owner, "decoder", raw)
+        raw, cache, shape, step = self._begin_decode(latents, cache)
         x = self.conv2(raw)
         pieces = []
         if step.first:  # latent 0 alone decodes to frame 0
@@ -221,14 +217,10 @@ def load_wan_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") ->
     with torch.device("meta"):
         vae = WanVAE(config)
     expected = vae.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    mismatched = [k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(
-            f"{path}: looks like a Wan2.1-layout VAE ({config}) but does not match it: "
-            f"missing {key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; "
-            f"wrong shapes {key_summary(mismatched) or 'none'}. The file is damaged or a variant StreamVACE does "
-            "not know; use Wan2.1_VAE.pth or wan_2.1_vae.safetensors.")
+    mismatch = state_mismatch(expected, state_dict)
+    if mismatch:
+        raise CheckpointError(f"{path}: looks like a Wan2.1-layout VAE ({config}) but does not match it: {mismatch}. "
+                              "The file is damaged or a variant StreamVACE does not know; use Wan2.1_VAE.pth or "
+                              "wan_2.1_vae.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
     return vae.to(device=device, dtype=dtype).eval()

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..memory import state_nbytes
 from .attention import attention
+from .fast_path import ChunkGraphs
 from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
-from .vace import combine_hints, vace_hints
+from .vace import VaceInput, combine_hints, vace_hints  # noqa: F401 (VaceInput: part of this API)
 from .dit import WanDiT
 
 VAE_SPATIAL = 8
@@ -44,15 +46,6 @@ class StreamConfig:
 
 
 RECACHE_MODES = ("longlive", "chunkwise")
-
-
-@dataclass
-class VaceInput:
-    """One VACE control for a chunk: its 96-channel context [B, 96, F, h, w], a strength, optional references."""
-
-    context: torch.Tensor
-    scale: float = 1.0
-    reference: object = None  # a models.vace_reference.VaceReference
 
 
 class WanStream:
@@ -94,8 +87,14 @@ class WanStream:
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device; use cuda_graphs=False on the CPU")
         self._graphs = None
+        self._capture_graphs = True  # False: the graphs' static-buffer forwards run eagerly (CPU tests)
         self.chunks_done = 0
         self._recache_pending = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this stream holds: KV cache, latent history, noise and time embeddings, text K/V (not the model)."""
+        return state_nbytes(self)
 
     @property
     def frames_done(self) -> int:
@@ -119,6 +118,16 @@ class WanStream:
     def set_seed(self, seed: int) -> None:
         """Draw the noise of the next chunks from `seed` (chunk i uses chunk_seed(seed, i)); nothing restarts."""
         self.seed = int(seed)
+
+    def weight_addresses(self) -> tuple:
+        """Where the model's weights and buffers sit in memory: CUDA graphs replay reads from these addresses."""
+        return tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
+
+    def state_moved(self) -> None:
+        """The stream's tensors moved (models/memory.move_state) or its model's did: captured CUDA graphs read
+        the old addresses, so they are captured again at the next steady chunk."""
+        if self._graphs is not None:
+            self._capture_graphs, self._graphs = self._graphs.capture, None
 
     def use_model(self, model: WanDiT) -> None:
         """Continue with another copy of the same weights (recaptures the CUDA graphs)."""
@@ -237,10 +246,10 @@ class WanStream:
         """forward(x, step, vace, need_output) for this chunk: replayed from CUDA graphs in the steady state
         (cache full, no reference images), else the eager blocks."""
         if self.cuda_graphs and self.cache.is_steady(slots) and all(item.reference is None for item in vace):
+            if self._graphs is not None and self._graphs.weights != self.weight_addresses():
+                self.state_moved()  # ComfyUI offloaded the model and loaded it back elsewhere in memory
             if self._graphs is None:
-                from .fast_path import ChunkGraphs
-
-                self._graphs = ChunkGraphs(self)
+                self._graphs = ChunkGraphs(self, capture=self._capture_graphs)
             self._graphs.prepare_chunk(slots, rope)
             return self._graphs.forward
         attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]

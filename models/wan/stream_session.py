@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..memory import state_nbytes
 from .stream import StreamConfig, VaceInput, WanStream
 from ..vae.stream import same_weights
 from .vace_reference import VaceReference
@@ -132,6 +133,11 @@ class StreamSession:
     def chunks_done(self) -> int:
         """Chunks generated so far."""
         return self.stream.chunks_done
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this stream holds: KV cache, latent history, text K/V, VACE encoder caches (not the models)."""
+        return state_nbytes(self)
 
     def set_prompt(self, text: torch.Tensor) -> None:
         """Use this prompt from the next chunk on (a no-op when it is unchanged)."""

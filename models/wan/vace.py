@@ -9,11 +9,22 @@ reference images never enter the denoised latent: their context tokens sit in fr
 VACE branch, and their K/V are computed once per stream (see models/wan/stream.py).
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from .rope import RotaryTable
 from .blocks import WanBlock
+
+
+@dataclass
+class VaceInput:
+    """One VACE control for a chunk: its 96-channel context [B, 96, F, h, w], a strength, optional references."""
+
+    context: torch.Tensor
+    scale: float = 1.0
+    reference: object = None  # a models.vace_reference.VaceReference
 
 
 class VaceBlock(WanBlock):
