@@ -195,19 +195,26 @@ def ui_workflow(api: dict, definitions: dict, workflow: str = None) -> dict:
 
 
 def gallery(api_folder: str = None) -> str:
-    """The README's workflow gallery: one row per catalogued workflow (thumbnail, model files, what it does)."""
+    """The README's workflow gallery: one row per catalogued workflow (thumbnail, model files, what it does), then
+    the model files they use with their folders and download links."""
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     from workflow_catalog import WORKFLOWS
 
     api_folder = api_folder or os.path.join(ROOT, "workflows", "api")
     rows = ["| workflow | thumbnail | model files it needs | what it does |", "|---|---|---|---|"]
+    used = {}
     for name, info in WORKFLOWS.items():
         with open(os.path.join(api_folder, name + ".json")) as handle:
             api = json.load(handle)
         models = {m["name"]: m for entry in api.values() for m in model_metadata(entry)}
-        files = ", ".join(f"[`{m['name']}`]({m['url']})" for m in models.values()) or "none"
+        used.update(models)
+        files = ", ".join(f"`{m}`" for m in models) or "none"
         rows.append(f"| [{info.title}](workflows/{name}.json) | <img src=\"workflows/{name}.jpg\" width=\"200\"> "
                     f"| {files} | {info.does} |")
+    known = _known_files()
+    rows += ["", "| model file | put it in | download | what it is |", "|---|---|---|---|"]
+    rows += [f"| `{m['name']}` | `models/{m['directory']}/{m['name'] + '/' if known[m['name']].folder else ''}` | [{m['url'].split('/')[3]}/{m['url'].split('/')[4]}]"
+             f"({m['url']}) | {known[m['name']].what} |" for m in sorted(used.values(), key=lambda m: m["directory"])]
     return "\n".join(rows) + "\n"
 
 
