@@ -105,20 +105,23 @@ def text_card(text: str, size=(PANEL_W, 157), fill=(46, 50, 62)) -> Image.Image:
     """A prompt or instruction, wrapped onto a card."""
     card = Image.new("RGB", size, fill)
     draw, face = ImageDraw.Draw(card), font(17)
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if draw.textlength(f"{line} {word}".strip(), font=face) > size[0] - 24:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    lines.append(line)
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            if draw.textlength(f"{line} {word}".strip(), font=face) > size[0] - 24:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
     for row, line in enumerate(lines[:6]):
         draw.text((12, 10 + 22 * row), line, fill=INK, font=face)
     return card
 
 
-def chunk_strip(first: Image.Image = None, last: Image.Image = None, chunks=(9, 12, 12, 12)) -> Image.Image:
+def chunk_strip(first: Image.Image = None, last: Image.Image = None, chunks=(9, 12, 12, 12),
+                labels=None) -> Image.Image:
     """The stream as chunks on a time line (9 frames, then 12 per queue run), optionally pinned to images."""
     strip = Image.new("RGB", (SIZE[0] - 48, 70), BACKGROUND)
     draw, face = ImageDraw.Draw(strip), font(15)
@@ -130,12 +133,20 @@ def chunk_strip(first: Image.Image = None, last: Image.Image = None, chunks=(9, 
     for index, frames in enumerate(chunks):
         w = int(frames * scale)
         draw.rounded_rectangle((x, 12, x + w - 6, 58), 6, fill=(58, 96, 160) if index % 2 else (70, 118, 190))
-        draw.text((x + 8, 26), f"chunk {index + 1}: {frames} fr", fill=INK, font=face)
+        label = labels[index] if labels else f"chunk {index + 1}: {frames} fr"
+        draw.text((x + 8, 26), label, fill=INK, font=face)
         x += w
     draw.text((x + 2, 24), "...", fill=INK, font=font(20))
     if last:
         strip.paste(last.resize((64, 37)), (strip.width - 64, 16))
     return strip
+
+
+def _panel_width(image: Image.Image) -> int:
+    """Video frames shrink to a panel (square ones narrower); cards and small drawings keep their width."""
+    if image.width < image.height or image.width == image.height > 300:
+        return int(PANEL_W * 0.6)
+    return PANEL_W if image.width > 480 else image.width
 
 
 def compose(title: str, items: list, caption: str = "", strip: Image.Image = None) -> Image.Image:
@@ -146,17 +157,17 @@ def compose(title: str, items: list, caption: str = "", strip: Image.Image = Non
     draw.rectangle((0, BAND - 4, SIZE[0], BAND), fill=ACCENT)
     draw.text((20, 14), title, fill=INK, font=font(26 if len(title) < 34 else 21))
     gap = 36
-    widths = [PANEL_W if image.width >= image.height else int(PANEL_W * 0.6) for image, _ in items]
+    widths = [_panel_width(image) for image, _ in items]
     scale = min(1.0, (SIZE[0] - 40 - gap * (len(items) - 1)) / sum(widths))
     x, top = (SIZE[0] - sum(int(w * scale) for w in widths) - gap * (len(items) - 1)) // 2, BAND + 22
-    for (image, label), w in zip(items, widths):
+    for index, ((image, label), w) in enumerate(zip(items, widths)):
         w = int(w * scale)
         h = int(w * image.height / image.width)
         canvas.paste(image.convert("RGB").resize((w, h), Image.LANCZOS), (x, top))
         draw.rectangle((x - 1, top - 1, x + w, top + h), outline=(90, 96, 110))
         if label:
             draw.text((x, top + h + 6), label, fill=(190, 196, 206), font=font(15))
-        if x + w + gap < SIZE[0] - 20:
+        if index < len(items) - 1:
             mid = top + h // 2
             draw.polygon([(x + w + 10, mid - 8), (x + w + 26, mid), (x + w + 10, mid + 8)], fill=ACCENT)
         x += w + gap
