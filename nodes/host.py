@@ -92,6 +92,12 @@ def output_directory() -> str:
     return folder_paths.get_output_directory() if folder_paths is not None else os.path.join(os.getcwd(), "output")
 
 
+def input_directory():
+    """ComfyUI's input folder (where LoadImage / LoadVideo look), or None outside ComfyUI."""
+    folder_paths = _comfy("folder_paths")
+    return folder_paths.get_input_directory() if folder_paths is not None else None
+
+
 def torch_device() -> torch.device:
     """The device ComfyUI runs models on (or CUDA / CPU outside ComfyUI)."""
     model_management = _comfy("comfy.model_management")

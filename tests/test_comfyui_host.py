@@ -27,7 +27,7 @@ from streamvace.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from _comfyui_server import ComfyUIServer, png_size
 from _vae_helpers import save_weights, tiny_vae_state_dict, wan_vae_state_dict
 from dreamlite_tiny import build_tiny_dreamlite
-from tiny_annotator_models import save, tiny_depth_anything
+from tiny_annotator_models import save, tiny_depth_anything, tiny_rt_detr, tiny_sam2_video, tiny_vitpose
 from wan_tiny import tiny_model
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
@@ -49,9 +49,15 @@ STAND_INS = {
     "taew2_1.pth": "taew_tiny.pth",
     "taew2_1.safetensors": "taew_tiny.pth",
     "Depth-Anything-V2-Small-hf": "tiny-depth",
+    "depth_anything_v2_vits.pth": "tiny-depth",
+    "vitpose-base-simple": "tiny-vitpose",
+    "rtdetr_r50vd_coco_o365": "tiny-rtdetr",
+    "sam2.1_hiera_tiny.pt": "tiny-sam2",
+    "Wan2.1-1.3b-lora-highresfix-v1_new.safetensors": "longlive_lora_tiny.pt",
     "DreamLite-mobile": "dreamlite-tiny",
-    "dance.mp4": "input.mp4",
+    "temporal_lllite_step001440.safetensors": "none",  # the adapter is optional; the tiny U-Net has no published one
 }
+# The sample inputs (workflows/inputs/) are copied into the input folder by the pack itself when ComfyUI loads it.
 # ... and run in seconds: frame sizes shrunk (to the node's minimum where that is larger), no torch.compile on CPU.
 SMALL_SIZE = {"width": 96, "height": 64}
 FAST_SETTINGS = {"compile": "off"}
@@ -140,6 +146,9 @@ def base_dir(tmp_path_factory):
     save_weights(tiny_vae_state_dict(seed=3), models / "vae_approx" / "taew_tiny.pth")
     save_weights(_random_clip_l(), models / "text_encoders" / "clip_l_random.safetensors")
     save(tiny_depth_anything(), models / "depthanything" / "tiny-depth")
+    save(tiny_vitpose(), models / "vitpose" / "tiny-vitpose")
+    save(tiny_rt_detr(), models / "detection" / "tiny-rtdetr")
+    save(tiny_sam2_video(), models / "sam2" / "tiny-sam2")
     build_tiny_dreamlite(str(models / "diffusers" / "dreamlite-tiny"))
     _input_video(base / "input" / "input.mp4")
     return base

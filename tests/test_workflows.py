@@ -17,6 +17,8 @@ UI_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
 API_WORKFLOWS = sorted(glob.glob(os.path.join(ROOT, "workflows", "api", "*.json")))
 MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".gguf")
 UI_ONLY_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+SAMPLE_INPUTS = os.path.join(ROOT, "workflows", "inputs")
+INPUT_FOLDER_WIDGETS = {("LoadImage", "image"), ("LoadVideo", "file")}  # list ComfyUI's input folder
 
 
 def _our_object_info():
@@ -60,7 +62,10 @@ def _types_match(produced, expected):
 def _check_literal(class_type, name, spec, value):
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     where = f"{class_type}.{name}"
-    if isinstance(kind, list):
+    if (class_type, name) in INPUT_FOLDER_WIDGETS:
+        # the pack copies its sample inputs into ComfyUI's input folder (nodes/sample_inputs.py)
+        assert value in os.listdir(SAMPLE_INPUTS), f"{where}: {value!r} is not shipped in workflows/inputs/"
+    elif isinstance(kind, list):
         # model-file combos list the user's files: a graph may name a file this machine does not have
         if kind and not str(value).lower().endswith(MODEL_FILE_SUFFIXES):
             assert value in kind, f"{where}: {value!r} is not one of {kind}"
@@ -146,11 +151,12 @@ def test_ui_twin_matches_the_api_workflow(path):
     definitions = node_definitions()
     with open(path) as api, open(twin) as ui:
         graph = json.load(api)
-        expected, got = ui_workflow(graph, definitions), json.load(ui)
+        expected, got = ui_workflow(graph, definitions, os.path.basename(path)[:-len(".json")]), json.load(ui)
     hint = f"regenerate it: python tools/ui_workflow.py {os.path.relpath(path, ROOT)} > {os.path.relpath(twin, ROOT)}"
     nodes = {n["id"]: n for n in got["nodes"] if n["type"] not in UI_ONLY_NODES}
-    assert sorted(nodes) == sorted(n["id"] for n in expected["nodes"]), hint
-    for want in expected["nodes"]:
+    wanted = [n for n in expected["nodes"] if n["type"] not in UI_ONLY_NODES]
+    assert sorted(nodes) == sorted(n["id"] for n in wanted), hint
+    for want in wanted:
         have = nodes[want["id"]]
         assert have["type"] == want["type"], hint
         slots = widget_slots(graph[str(want["id"])], definitions[want["type"]])
