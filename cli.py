@@ -59,6 +59,105 @@ def _sample_clip(args) -> int:
     return 0
 
 
+def _fail(command: str, error) -> int:
+    """Print one line (no traceback) for bad input and return exit code 2."""
+    print(f"streamvace {command}: {error}", file=sys.stderr)
+    return 2
+
+
+def _lora(text: str) -> tuple:
+    """'path' or 'path:strength' -> (path, strength)."""
+    path, colon, strength = text.rpartition(":")
+    if colon:
+        try:
+            return path, float(strength)
+        except ValueError:
+            pass  # a colon inside the path (C:\\...)
+    return text, 1.0
+
+
+def _steps(text: str) -> tuple:
+    """'1000,750,500,250' -> (1000, 750, 500, 250)."""
+    try:
+        steps = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps must be comma-separated integers, got {text!r}") from None
+    if not steps or any(not 0 < s <= 1000 for s in steps):
+        raise argparse.ArgumentTypeError(f"steps must lie in 1..1000, got {text!r}")
+    return steps
+
+
+def _generate(args) -> int:
+    """Generate a video from a prompt (and an optional input video / control) chunk by chunk into an MP4."""
+    from .generate import GenerateOptions, generate
+
+    options = GenerateOptions(
+        prompt=args.prompt, out=args.out, models_dir=args.models_dir, input=args.input, control=args.control,
+        method=args.method, layout=args.layout, mask=args.mask, mask_boxes=args.mask_boxes, outpaint=args.outpaint,
+        expand=args.expand, references=tuple(args.reference), first_frame=args.first_frame,
+        last_frame=args.last_frame, chunks=args.chunks, width=args.width, height=args.height, seed=args.seed,
+        policy=args.policy, steps=args.steps, strength=args.strength, fps=args.fps, device=args.device,
+        dtype=args.dtype, decoder=args.decoder, download=args.download, model=args.model, vace=args.vace,
+        loras=tuple(args.lora), vae=args.vae, tiny_vae=args.tiny_vae, text_encoder=args.text_encoder,
+        tokenizer=args.tokenizer, depth_model=args.depth_model, pose_model=args.pose_model, detector=args.detector)
+    try:
+        stats = generate(options)
+    except (ValueError, OSError) as error:  # bad options, missing or unfit model files: what to fix, no traceback
+        return _fail("generate", str(error).rstrip())
+    print(f"{stats['frames']} frames ({stats['chunks']} chunks) at {args.width}x{args.height}, "
+          f"{stats['fps']:g} fps -> {stats['out']}")
+    return 0
+
+
+def _add_generate(commands) -> None:
+    """The `generate` sub-command's arguments."""
+    from .generate import CONTROLS
+    from .models.catalog import default_models_dir
+
+    g = commands.add_parser("generate", help="prompt (+ input video, control, references, first/last frame, "
+                                             "outpaint) -> MP4, chunk by chunk",
+                            description="Generate a video with the streaming engine, chunk by chunk (9 frames, then "
+                                        "12 per chunk) in constant memory. Model files are looked up in --models-dir "
+                                        "(ComfyUI's folder names); missing ones are listed with where to get them.")
+    g.add_argument("--prompt", required=True, help="what the video shows")
+    g.add_argument("--out", required=True, help="the video to write (.mp4)")
+    g.add_argument("--models-dir", default=default_models_dir(),
+                   help="ComfyUI-style models folder (default: $STREAMVACE_MODELS_DIR or ./models)")
+    g.add_argument("--download", action="store_true", help="fetch missing model files from Hugging Face first")
+    g.add_argument("--input", default="", help="an input video to follow (read chunk by chunk), or 'sample'")
+    g.add_argument("--control", default="none", choices=CONTROLS,
+                   help="how the input steers the video: an annotator, or mask (inpaint where --mask is white)")
+    g.add_argument("--method", default="", help="scribble: xdog|canny; flow: farneback")
+    g.add_argument("--layout", default="", help="layout: boxes / trajectory JSON (default: across the frame)")
+    g.add_argument("--mask", default="", help="mask: a mask video, white = generate")
+    g.add_argument("--mask-boxes", default="", help="mask: boxes [[x0, y0, x1, y1], ...] in output pixels")
+    g.add_argument("--outpaint", default="", help="extend the input video on these sides: e.g. left,right or all")
+    g.add_argument("--expand", type=float, default=0.25, help="outpaint: added size per side, as a fraction")
+    g.add_argument("--reference", action="append", default=[], help="a reference image (repeatable)")
+    g.add_argument("--first-frame", default="", help="an image the video starts from")
+    g.add_argument("--last-frame", default="", help="an image the video ends on")
+    g.add_argument("--chunks", type=int, default=0, help="chunks to generate (default: as long as --input)")
+    g.add_argument("--width", type=int, default=832)
+    g.add_argument("--height", type=int, default=480)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--policy", default="longlive", choices=("longlive", "motionstream", "full"), help="KV cache policy")
+    g.add_argument("--steps", type=_steps, default="1000,750,500,250", help="denoising timesteps")
+    g.add_argument("--strength", type=float, default=1.0, help="VACE control strength")
+    g.add_argument("--fps", type=float, default=16.0, help="frame rate without an input video")
+    g.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--dtype", default="", choices=("", "bf16", "fp16", "fp32"), help="default: bf16 on CUDA, else fp32")
+    g.add_argument("--decoder", default="auto", choices=("auto", "wan", "tiny"), help="auto: the tiny VAE when present")
+    for name, help_text in (("--model", "the DiT (default: diffusion_models/longlive_base.pt + its LoRA)"),
+                            ("--vace", "the VACE module file"), ("--vae", "the Wan2.1 VAE"),
+                            ("--tiny-vae", "the tiny VAE (taew2_1)"),
+                            ("--text-encoder", "umT5-XXL: a file or a Hugging Face folder"),
+                            ("--tokenizer", "the umT5 tokenizer folder"), ("--depth-model", "depth: a model folder"),
+                            ("--pose-model", "pose: a ViTPose folder"), ("--detector", "pose: an RT-DETR folder")):
+        g.add_argument(name, default="", help=help_text)
+    g.add_argument("--lora", action="append", default=[], type=_lora, help="PATH[:STRENGTH], repeatable")
+    g.set_defaults(run=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="streamvace", description=__doc__)
@@ -89,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--height", type=int, default=240)
     sample.add_argument("--width", type=int, default=416)
     sample.set_defaults(run=_sample_clip)
+    _add_generate(commands)
     return parser
 
 
