@@ -158,6 +158,76 @@ def _add_generate(commands) -> None:
     g.set_defaults(run=_generate)
 
 
+def _queue(args) -> int:
+    """Queue an API-format workflow N times on a running ComfyUI, follow the runs and report outputs and errors."""
+    from tqdm import tqdm
+
+    from .comfy_client import ComfyClient, ComfyError, PromptRejected, follow, load_api_workflow, set_input
+
+    if args.runs < 1:
+        return _fail("queue", f"--runs must be >= 1, got {args.runs}")
+    try:
+        graph = load_api_workflow(args.workflow)
+        for assignment in args.set:
+            set_input(graph, assignment)
+        client = ComfyClient(args.url, timeout=args.timeout)
+    except ValueError as error:
+        return _fail("queue", error)
+    bar = tqdm(total=args.runs, unit="run", desc="queue", file=sys.stderr, dynamic_ncols=True)
+    try:
+        client.connect()
+        runs = []
+        try:
+            for _ in range(args.runs):
+                runs.append(client.queue(graph))
+        except PromptRejected as error:
+            bar.close()
+            return _fail("queue", f"ComfyUI rejected the workflow: {error}")
+        order = {run.prompt_id: i + 1 for i, run in enumerate(runs)}
+
+        def on_event(run, kind, data):
+            if kind == "progress":
+                bar.set_postfix_str(f"run {order[run.prompt_id]}: node {data.get('node')} "
+                                    f"{data.get('value')}/{data.get('max')}", refresh=True)
+            elif kind == "executing" and data.get("node") is not None:
+                bar.set_postfix_str(f"run {order[run.prompt_id]}: node {data['node']}", refresh=True)
+            elif kind in ("execution_success", "execution_error", "execution_interrupted"):
+                bar.update(1)
+
+        follow(client, runs, on_event)
+    except ComfyError as error:
+        bar.close()
+        print(f"streamvace queue: {error}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    bar.close()
+    failed = 0
+    for i, run in enumerate(runs, 1):
+        if run.status == "success":
+            print(f"run {i}/{len(runs)} ({run.prompt_id}): done, outputs: {', '.join(run.files()) or 'none'}")
+        else:
+            failed += 1
+            print(f"run {i}/{len(runs)} ({run.prompt_id}): {run.status}: {run.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_queue(commands) -> None:
+    """The `queue` sub-command's arguments."""
+    q = commands.add_parser("queue", help="queue an API-format workflow N times on a running ComfyUI",
+                            description="Post an API-format workflow (workflows/api/*.json) N times to a running "
+                                        "ComfyUI, follow its websocket, show progress, report outputs and errors. "
+                                        "Exit code 0: every run succeeded; 1: a run failed or the server is "
+                                        "unreachable; 2: bad input or a workflow the server rejects.")
+    q.add_argument("workflow", help="an API-format workflow JSON")
+    q.add_argument("--runs", "-n", type=int, default=1, help="how many times to queue it (a stream continues)")
+    q.add_argument("--url", default="http://127.0.0.1:8188", help="the ComfyUI server")
+    q.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                   help="override an input before queueing, e.g. 6.text=\"a red car\" (repeatable)")
+    q.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for any message from ComfyUI")
+    q.set_defaults(run=_queue)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="streamvace", description=__doc__)
@@ -189,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--width", type=int, default=416)
     sample.set_defaults(run=_sample_clip)
     _add_generate(commands)
+    _add_queue(commands)
     return parser
 
 
