@@ -1,6 +1,7 @@
 """The `streamvace` command line (also `python -m streamvace`)."""
 
 import argparse
+import itertools
 import sys
 
 
@@ -22,31 +23,40 @@ def _annotate(args) -> int:
     import torch
 
     from .annotators.annotate_video import annotate_chunks, make_annotator
-    from .annotators.video_io import VideoWriter, read_video_chunks, sample_clip
+    from .annotators.video_io import VideoWriter, read_video_chunks, sample_clip, video_frame_count
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.input == "sample":
         clip = sample_clip(frames=args.frames or 48)
         chunks = [(clip[:, i:i + args.chunk], 24.0) for i in range(0, clip.shape[1], args.chunk)]
-    else:
-        try:
-            chunks = list(read_video_chunks(args.input, args.chunk, max_frames=args.frames))
-        except (ValueError, OSError) as error:
-            print(f"streamvace annotate: {error}", file=sys.stderr)
-            return 2
-    height, width = chunks[0][0].shape[-2:]
-    total = sum(chunk.shape[1] for chunk, _ in chunks)
+        total = clip.shape[1]
+    else:  # streamed: one chunk in memory at a time
+        chunks = read_video_chunks(args.input, args.chunk, max_frames=args.frames)
+        total = args.frames or video_frame_count(args.input)  # layouts spread over it; 0 if the file does not say
+    try:
+        first, chunks = _peek(chunks)  # the first chunk gives the size and the frame rate
+    except (ValueError, OSError) as error:
+        print(f"streamvace annotate: {error}", file=sys.stderr)
+        return 2
+    height, width = first[0].shape[-2:]
     try:
         annotator = make_annotator(args.kind, height, width, total, device, args.method, args.model, args.detector,
                                    args.layout, args.points, args.boxes)
     except (ValueError, OSError) as error:  # bad options or model files: say what to fix, no traceback
         print(f"streamvace annotate: {error}", file=sys.stderr)
         return 2
-    with VideoWriter(args.out, fps=chunks[0][1]) as writer:
+    with VideoWriter(args.out, fps=first[1]) as writer:
         stats = annotate_chunks(args.kind, annotator, chunks, writer, device)
     print(f"{args.kind}: {stats['frames']} frames of {width}x{height} in chunks of {args.chunk} on {device}, "
           f"{stats['fps']:.1f} frames/s annotating -> {args.out}")
     return 0
+
+
+def _peek(chunks) -> tuple:
+    """(first item, an iterator that still yields every item) of a lazy iterator."""
+    chunks = iter(chunks)
+    first = next(chunks)
+    return first, itertools.chain([first], chunks)
 
 
 def _sample_clip(args) -> int:
