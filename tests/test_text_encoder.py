@@ -149,3 +149,26 @@ def test_clear_errors(model, tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_text_encoder(str(tmp_path / "missing.pth"))
     assert os.path.isfile(tmp_path / "tokenizer.json")
+
+
+def test_nodes_give_comfyui_conditioning(model, tmp_path, monkeypatch):
+    from streamvace.nodes import NODE_CLASS_MAPPINGS as NODES
+    from streamvace.nodes.model_cache import clear
+
+    folder = tmp_path / "text_encoders"
+    folder.mkdir()
+    save_wan_pth(model, folder / "models_t5_umt5-xxl-enc-bf16.pth")
+    save_tokenizer(folder / "umt5-xxl")
+    monkeypatch.setenv("STREAMVACE_MODELS_DIR", str(tmp_path))
+    loader = NODES["StreamVACELoadTextEncoder"]
+    spec = loader.INPUT_TYPES()["required"]
+    assert "models_t5_umt5-xxl-enc-bf16.pth" in spec["text_encoder_name"][0] and "umt5-xxl" in spec["tokenizer"][0]
+    encoder = loader().load("models_t5_umt5-xxl-enc-bf16.pth", "auto", "fp32")[0]
+    assert loader().load("models_t5_umt5-xxl-enc-bf16.pth", "auto", "fp32")[0] is encoder  # memoised
+    conditioning = NODES["StreamVACETextEncode"]().encode(encoder, PROMPT)[0]
+    assert len(conditioning) == 1 and conditioning[0][1] == {}
+    embeddings = conditioning[0][0]
+    assert embeddings.shape == (1, TEXT_LEN, 64) and embeddings.device.type == "cpu"
+    expected = load_text_encoder(str(folder / "models_t5_umt5-xxl-enc-bf16.pth"), dtype=torch.float32).encode(PROMPT)
+    torch.testing.assert_close(embeddings, expected)
+    clear()
