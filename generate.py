@@ -88,6 +88,9 @@ def check_options(o: GenerateOptions) -> None:
         raise ValueError(f"--chunks must be >= 1 (or 0: as many as the input covers), got {o.chunks}")
     if not o.input and o.chunks == 0:
         raise ValueError("without --input, say how long the video is: --chunks N (9 frames, then 12 per chunk)")
+    if o.input and o.control in ("none", "layout") and not o.outpaint:
+        raise ValueError("--input is only read to steer the video: add --control (depth, pose, scribble, gray, flow, "
+                         "mask) or --outpaint")
     if o.control in NEEDS_INPUT and not o.input:
         raise ValueError(f"--control {o.control} annotates an input video: give --input VIDEO (or 'sample')")
     if o.outpaint and not o.input:

@@ -25,7 +25,7 @@ from tiny_annotator_models import save, tiny_depth_anything, tiny_rt_detr, tiny_
 from umt5_tiny import save_tokenizer, save_wan_pth, tiny_umt5
 from wan_tiny import tiny_model
 
-H, W = 32, 48
+H, W = 16, 32
 PROMPT = "a red car runs on the beach"
 
 
@@ -79,6 +79,12 @@ def _run(models_dir, tmp_path, **kwargs):
     return stats, torch.cat(chunks, dim=1)
 
 
+@pytest.fixture(scope="module")
+def text_to_video(models_dir, tmp_path_factory):
+    """Two chunks without any control, decoded with the Wan VAE."""
+    return _run(models_dir, tmp_path_factory.mktemp("t2v"), chunks=2, decoder="wan")
+
+
 def _written_frames(path):
     return sum(chunk.shape[1] for chunk, _ in read_video_chunks(path, 12))
 
@@ -87,14 +93,17 @@ def _written_frames(path):
 def test_every_control_kind_runs_end_to_end(models_dir, clip_path, tmp_path, kind):
     extra = {"outpaint": "left,right"} if kind == "outpaint" else {"control": kind}
     if kind == "mask":
-        extra["mask_boxes"] = "[[8, 4, 30, 20]]"
-    stats, frames = _run(models_dir, tmp_path, input=clip_path, chunks=1, **extra)
+        extra["mask_boxes"] = "[[8, 4, 20, 12]]"
+    if kind != "layout":  # a layout is drawn from boxes / a trajectory, not from a video
+        extra["input"] = clip_path  # resized as it is read
+    stats, frames = _run(models_dir, tmp_path, chunks=1, **extra)
     assert stats["chunks"] == 1 and stats["frames"] == 9 and frames.shape == (3, 9, H, W)
-    assert stats["fps"] == 12.0 and _written_frames(stats["out"]) == 9
+    assert stats["fps"] == (16.0 if kind == "layout" else 12.0) and _written_frames(stats["out"]) == 9
     assert torch.isfinite(frames).all() and frames.std() > 0.01
 
 
-def test_control_steers_and_equals_the_engine_with_the_whole_control_video(models_dir, clip_path, tmp_path):
+def test_control_steers_and_equals_the_engine_with_the_whole_control_video(models_dir, clip_path, tmp_path,
+                                                                            text_to_video):
     """The CLI's lazy, chunk-by-chunk control equals one Control holding the whole annotated video."""
     stats, frames = _run(models_dir, tmp_path, input=clip_path, control="scribble", chunks=2, decoder="wan")
     whole = torch.cat([chunk for chunk, _ in read_video_chunks(clip_path, 100)], dim=1)
@@ -111,15 +120,15 @@ def test_control_steers_and_equals_the_engine_with_the_whole_control_video(model
     expected = torch.cat([decode.decode(vae, session.generate(1, [Control(frames=control)]))[0] for _ in range(2)],
                          dim=1)
     torch.testing.assert_close(frames, expected, rtol=1e-4, atol=1e-4)
-    _, uncontrolled = _run(models_dir, tmp_path, chunks=2, decoder="wan")
-    assert (frames - uncontrolled).abs().mean() > 0.01
+    assert (frames - text_to_video[1]).abs().mean() > 0.01
 
 
-def test_text_to_video_references_and_first_last_frames(models_dir, image_path, tmp_path):
-    stats, t2v = _run(models_dir, tmp_path, chunks=2)
+def test_text_to_video_references_and_first_last_frames(models_dir, image_path, tmp_path, text_to_video):
+    stats, t2v = text_to_video
     assert stats["frames"] == 21 and stats["fps"] == 16.0 and stats["frames_read"] == 0
+    assert t2v.shape == (3, 21, H, W) and t2v.std() > 0.01
     _, framed = _run(models_dir, tmp_path, chunks=2, references=(image_path,), first_frame=image_path,
-                     last_frame=image_path)
+                     last_frame=image_path, decoder="wan")
     assert framed.shape == t2v.shape and (framed - t2v).abs().mean() > 0.01
 
 
@@ -147,12 +156,12 @@ def test_constant_memory_over_a_long_input(models_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("streamvace.annotators.video_io.read_video_chunks", counting)
     short = str(tmp_path / "short.mp4")
     with VideoWriter(short, fps=24.0) as writer:
-        writer.write(sample_clip(frames=40, height=H, width=W))
+        writer.write(sample_clip(frames=28, height=H, width=W))
     whole = GenerateOptions(prompt=PROMPT, out=str(tmp_path / "all.mp4"), models_dir=models_dir, width=W, height=H,
                             device="cpu", input=short, control="gray")
     stats = generate(whole)
-    # as long as the input: 9 + 12 * 3 frames cover its 40 (the last chunk holds the last frame)
-    assert stats["chunks"] == 4 and stats["frames"] == 45 and stats["frames_read"] == 40 == sum(reads)
+    # as long as the input: 9 + 12 * 2 frames cover its 28 (the last chunk holds the last frame)
+    assert stats["chunks"] == 3 and stats["frames"] == 33 and stats["frames_read"] == 28 == sum(reads)
     assert max(reads) == 12 and stats["max_frames_held"] <= 24
 
 
@@ -170,6 +179,7 @@ def test_cli_exit_codes_and_missing_files(models_dir, tmp_path, capsys):
         assert expected in err
     assert "Traceback" not in err and "VACE module" not in err  # no control: no VACE module needed
     for bad, message in ((["--chunks", "1", "--control", "depth"], "--input"), ([], "--chunks N"),
+                         (["--input", "sample"], "--control"),
                          (["--chunks", "1", "--width", "50"], "multiples of 16"),
                          (["--chunks", "1", "--control", "mask", "--input", "sample"], "--mask"),
                          (["--chunks", "1", "--reference", "nope.png"], "no such file")):
