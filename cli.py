@@ -45,8 +45,13 @@ def _annotate(args) -> int:
     except (ValueError, OSError) as error:  # bad options or model files: say what to fix, no traceback
         print(f"streamvace annotate: {error}", file=sys.stderr)
         return 2
+    from tqdm import tqdm
+
+    bar = tqdm(chunks, desc=f"annotate {args.kind}", unit="chunk", file=sys.stderr, dynamic_ncols=True,
+               total=-(-total // args.chunk) if total else None)
     with VideoWriter(args.out, fps=first[1]) as writer:
-        stats = annotate_chunks(args.kind, annotator, chunks, writer, device)
+        stats = annotate_chunks(args.kind, annotator, bar, writer, device)
+    bar.close()
     print(f"{args.kind}: {stats['frames']} frames of {width}x{height} in chunks of {args.chunk} on {device}, "
           f"{stats['fps']:.1f} frames/s annotating -> {args.out}")
     return 0

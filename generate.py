@@ -105,6 +105,8 @@ def check_options(o: GenerateOptions) -> None:
         raise ValueError(f"--decoder must be auto, wan or tiny, got {o.decoder!r}")
     if o.dtype and o.dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {o.dtype!r}")
+    if o.device and o.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {o.device}: CUDA is not available here; use --device cpu")
     if o.read_chunk < 1:
         raise ValueError(f"the read chunk must be >= 1 frame, got {o.read_chunk}")
     if not o.out.lower().endswith((".mp4", ".mkv", ".mov")):

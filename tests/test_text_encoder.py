@@ -172,3 +172,24 @@ def test_nodes_give_comfyui_conditioning(model, tmp_path, monkeypatch):
     expected = load_text_encoder(str(folder / "models_t5_umt5-xxl-enc-bf16.pth"), dtype=torch.float32).encode(PROMPT)
     torch.testing.assert_close(embeddings, expected)
     clear()
+
+
+def test_comfy_fp8_scaled_file_is_dequantised(model, tmp_path):
+    """Comfy-Org's umt5_xxl_fp8_e4m3fn_scaled: fp8 weights times their scale_weight, norms kept in float."""
+    quantised, dequantised = {"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn)}, {}
+    for key, value in model.state_dict().items():
+        if key.endswith(".weight") and value.ndim == 2 and ("SelfAttention." in key or "DenseReluDense" in key) \
+                and "relative_attention_bias" not in key:
+            scale = value.abs().amax() / 448.0
+            q = (value / scale).to(torch.float8_e4m3fn)
+            quantised[key], quantised[key[:-len("weight")] + "scale_weight"] = q, scale.reshape(1)
+            dequantised[key] = q.float() * scale
+        else:
+            quantised[key] = dequantised[key] = value
+    del quantised["encoder.embed_tokens.weight"]  # the same tensor as shared.weight
+    save_file({k: v.contiguous() for k, v in quantised.items()}, str(tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    save_tokenizer(tmp_path)
+    encoder = load_text_encoder(str(tmp_path / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"), dtype=torch.float32)
+    oracle = tiny_umt5(seed=3)
+    oracle.load_state_dict(dequantised)
+    torch.testing.assert_close(encoder.encode(PROMPT), _reference(oracle, encoder.tokens(PROMPT)), rtol=1e-5, atol=1e-5)
