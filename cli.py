@@ -115,10 +115,15 @@ def _generate(args) -> int:
         dtype=args.dtype, decoder=args.decoder, download=args.download, model=args.model, vace=args.vace,
         loras=tuple(args.lora), vae=args.vae, tiny_vae=args.tiny_vae, text_encoder=args.text_encoder,
         tokenizer=args.tokenizer, depth_model=args.depth_model, pose_model=args.pose_model, detector=args.detector)
+    done = {"frames": 0}
     try:
-        stats = generate(options)
+        stats = generate(options, on_chunk=lambda video, info: done.update(info))
     except (ValueError, OSError) as error:  # bad options, missing or unfit model files: what to fix, no traceback
         return _fail("generate", str(error).rstrip())
+    except KeyboardInterrupt:  # the writer closed the file: it plays, with every chunk finished so far
+        print(f"streamvace generate: interrupted; {args.out} holds the {done['frames']} frames finished",
+              file=sys.stderr)
+        return 130
     print(f"{stats['frames']} frames ({stats['chunks']} chunks) at {args.width}x{args.height}, "
           f"{stats['fps']:g} fps -> {stats['out']}")
     return 0

@@ -309,122 +309,140 @@ class _Progress:
         self.bar.set_postfix_str(text, refresh=True)
 
 
+class ChunkControls:
+    """The VACE control of each chunk, cut from the lazily read input: annotated frames, masks, an outpaint
+    canvas, references, and the first / last frame on the first / last chunk."""
+
+    def __init__(self, o: GenerateOptions, paths: ModelPaths, device, total_frames: int):
+        from .annotators.annotate_video import make_annotator
+        from .models.wan.stream_session import fit_video
+
+        self.o, self.device = o, device
+        self.annotator = None
+        if o.control not in ("none", "mask"):
+            self.annotator = make_annotator(o.control, o.height, o.width, total_frames, device, o.method,
+                                            paths.depth or paths.pose, paths.detector, o.layout)
+        self.mask_feed = None
+        if o.mask:
+            from .annotators.video_io import read_video_chunks
+
+            self.mask_feed = FrameFeed(read_video_chunks(o.mask, o.read_chunk), o.height, o.width)
+        fit = lambda image: fit_video(image[:, None], o.height, o.width)[:, 0]  # noqa: E731
+        self.references = torch.stack([fit(load_image(p)) for p in o.references]) if o.references else None
+        self.first = fit(load_image(o.first_frame)) if o.first_frame else None
+        self.last = fit(load_image(o.last_frame)) if o.last_frame else None
+        self.sides = None
+        if o.outpaint:
+            from .annotators.outpaint import parse_sides
+
+            self.sides = parse_sides(o.outpaint)
+
+    def for_chunk(self, chunk: int, count: int, source: torch.Tensor, final: bool) -> list:
+        """[Control] for chunk `chunk` of `count` frames ([] without VACE); `source` is its input frames."""
+        from .models.wan.stream_session import Control
+
+        o, frames, mask = self.o, None, None
+        if not o.uses_vace:
+            return []
+        if self.annotator is not None:
+            frames = self.annotator(count) if o.control == "layout" else self.annotator(source.to(self.device))
+            frames = frames.float().cpu()
+        elif o.control == "mask":
+            frames = source
+            mask = (_mask_from_video(self.mask_feed.take(count)) if self.mask_feed is not None
+                    else _box_masks(o.mask_boxes, count, o.height, o.width))
+        elif self.sides is not None:
+            from .annotators.outpaint import outpaint_canvas
+
+            frames, mask = outpaint_canvas(source, o.height, o.width, self.sides, o.expand)
+        first = self.first if chunk == 0 else None
+        last = self.last if final else None
+        if frames is None and mask is None and self.references is None and first is None and last is None:
+            frames = torch.zeros(3, count, o.height, o.width)  # grey: this chunk has nothing to keep
+        return [Control(frames=frames, mask=mask, references=self.references, first_frame=first, last_frame=last,
+                        strength=o.strength, timing="call")]
+
+
+def _open_input(o: GenerateOptions, total_frames: int):
+    """The input video's FrameFeed (None without --input), sized for the output or for outpaint's inner box."""
+    if not o.input:
+        return None
+    height, width = o.height, o.width
+    if o.outpaint:  # the source fills the inner box, at its own aspect
+        from .annotators.outpaint import inner_box, parse_sides
+
+        _, _, height, width = inner_box(o.height, o.width, parse_sides(o.outpaint), o.expand)
+    feed = FrameFeed(_video_source(o.input, o.read_chunk, total_frames or 48, height, width), height, width)
+    if feed.exhausted():
+        raise ValueError(f"{o.input}: the video has no frames")
+    return feed
+
+
+def _load_models(o: GenerateOptions, paths: ModelPaths, device, dtype, progress) -> tuple:
+    """(prompt embeddings, DiT, decoding VAE, encoding VAE); the text encoder is freed before the DiT loads."""
+    from .models.vae.tiny_vae import load_tiny_vae
+    from .models.vae.wan_vae import load_wan_vae
+    from .models.wan.checkpoint import load_wan_model
+    from .models.wan.text_encoder import load_text_encoder
+
+    progress.stage("text encoder")
+    encoder = load_text_encoder(paths.text_encoder, paths.tokenizer, dtype=dtype, device=device)
+    prompt = encoder.encode(o.prompt)
+    del encoder  # umT5-XXL is 11 GB: gone before the DiT comes
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    progress.stage("DiT")
+    model = load_wan_model(paths.model, vace_path=paths.vace or None, loras=paths.loras, dtype=dtype, device=device)
+    if model.config.text_dim != prompt.shape[-1]:
+        raise ValueError(f"the text encoder gives {prompt.shape[-1]}-wide embeddings but the DiT takes "
+                         f"{model.config.text_dim}: they are not a Wan2.1 pair")
+    progress.stage("VAE")
+    wan_vae = load_wan_vae(paths.vae, dtype=dtype, device=device) if paths.vae else None
+    tiny = load_tiny_vae(paths.tiny_vae, dtype=dtype, device=device) if paths.tiny_vae else None
+    decoder = {"wan": wan_vae, "tiny": tiny}.get(o.decoder) or tiny or wan_vae
+    return prompt, model, decoder, wan_vae or tiny
+
+
 def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
     """Run a whole generation; returns {'frames', 'chunks', 'fps', 'frames_read', 'max_frames_held', 'out'}.
 
     on_chunk(frames [3, T, H, W] in [-1, 1], stats) is called after each chunk is written.
     """
-    from .annotators.annotate_video import make_annotator
     from .annotators.video_io import VideoWriter
     from .models.vae.stream import DecodeStream
-    from .models.vae.tiny_vae import load_tiny_vae
-    from .models.vae.wan_vae import load_wan_vae
-    from .models.wan.checkpoint import load_wan_model
     from .models.wan.kv_cache import cache_policy
     from .models.wan.stream import StreamConfig
-    from .models.wan.stream_session import Control, StreamSession, fit_video
-    from .models.wan.text_encoder import load_text_encoder
+    from .models.wan.stream_session import StreamSession
 
     check_options(o)
     paths = resolve_models(o, log or (lambda text: print(text, file=sys.stderr)))
+    device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPE_NAMES[o.dtype] if o.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    total = pixel_frames_for_chunk(0) + pixel_frames_for_chunk(1) * (o.chunks - 1) if o.chunks else 0
     progress = _Progress(o.chunks or None)
     try:
-        device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = DTYPE_NAMES[o.dtype] if o.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        H, W = o.height, o.width
-
-        # Inputs read lazily: the sample clip only as long as the chunks asked for.
-        total = pixel_frames_for_chunk(0) + pixel_frames_for_chunk(1) * (o.chunks - 1) if o.chunks else 0
-        feed_h, feed_w = H, W
-        if o.outpaint:  # the source fills the inner box, at its own aspect
-            from .annotators.outpaint import inner_box, parse_sides
-
-            _, _, feed_h, feed_w = inner_box(H, W, parse_sides(o.outpaint), o.expand)
-        feed = (FrameFeed(_video_source(o.input, o.read_chunk, total or 48, feed_h, feed_w), feed_h, feed_w)
-                if o.input else None)
-        if feed is not None and feed.exhausted():
-            raise ValueError(f"{o.input}: the video has no frames")
-        mask_feed = None
-        if o.mask:
-            from .annotators.video_io import read_video_chunks
-
-            mask_feed = FrameFeed(read_video_chunks(o.mask, o.read_chunk), H, W)
+        feed = _open_input(o, total)
         fps = feed.fps if feed is not None else o.fps
-
-        progress.stage("text encoder")
-        encoder = load_text_encoder(paths.text_encoder, paths.tokenizer, dtype=dtype, device=device)
-        prompt = encoder.encode(o.prompt)
-        del encoder  # umT5-XXL is 11 GB: gone before the DiT comes
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-        progress.stage("DiT")
-        model = load_wan_model(paths.model, vace_path=paths.vace or None, loras=paths.loras, dtype=dtype,
-                               device=device)
-        if model.config.text_dim != prompt.shape[-1]:
-            raise ValueError(f"the text encoder gives {prompt.shape[-1]}-wide embeddings but the DiT takes "
-                             f"{model.config.text_dim}: they are not a Wan2.1 pair")
-        progress.stage("VAE")
-        wan_vae = load_wan_vae(paths.vae, dtype=dtype, device=device) if paths.vae else None
-        tiny = load_tiny_vae(paths.tiny_vae, dtype=dtype, device=device) if paths.tiny_vae else None
-        decoder = {"wan": wan_vae, "tiny": tiny}.get(o.decoder) or tiny or wan_vae
-        encoder_vae = wan_vae or tiny
-
-        config = StreamConfig(height=H, width=W, policy=cache_policy(o.policy), steps=tuple(o.steps), seed=o.seed)
+        prompt, model, decoder, encoder_vae = _load_models(o, paths, device, dtype, progress)
+        config = StreamConfig(height=o.height, width=o.width, policy=cache_policy(o.policy), steps=tuple(o.steps),
+                              seed=o.seed)
         session = StreamSession(model, config, encoder_vae if o.uses_vace else None)
         session.set_prompt(prompt)
-
-        annotator = None
-        if o.control not in ("none", "mask"):
-            annotator = make_annotator(o.control, H, W, total or 0, device, o.method,
-                                       paths.depth or paths.pose, paths.detector, o.layout)
-        fit = lambda image: fit_video(image[:, None], H, W)[:, 0]  # noqa: E731
-        references = torch.stack([fit(load_image(p)) for p in o.references]) if o.references else None
-        first = fit(load_image(o.first_frame)) if o.first_frame else None
-        last = fit(load_image(o.last_frame)) if o.last_frame else None
-        sides = None
-        if o.outpaint:
-            from .annotators.outpaint import outpaint_canvas, parse_sides
-
-            sides = parse_sides(o.outpaint)
-
-        decode = DecodeStream()
-        frames_out, chunk = 0, 0
+        controls, decode = ChunkControls(o, paths, device, total), DecodeStream()
+        frames_out, chunk, final = 0, 0, False
         with VideoWriter(o.out, fps=fps) as writer:
-            while True:
+            while not final:
                 count = pixel_frames_for_chunk(chunk)
                 source = feed.take(count) if feed is not None else None
-                final = (o.chunks and chunk + 1 == o.chunks) or (feed is not None and not o.chunks and feed.exhausted())
-                controls = []
-                if o.uses_vace:
-                    frames = mask = None
-                    if annotator is not None:
-                        frames = annotator(count) if o.control == "layout" else annotator(source.to(device))
-                        frames = frames.float().cpu()
-                    elif o.control == "mask":
-                        frames = source
-                        mask = (_mask_from_video(mask_feed.take(count)) if mask_feed is not None
-                                else _box_masks(o.mask_boxes, count, H, W))
-                    elif sides is not None:
-                        frames, mask = outpaint_canvas(source, H, W, sides, o.expand)
-                    chunk_first = first if chunk == 0 else None
-                    chunk_last = last if final else None
-                    if frames is None and mask is None and references is None and chunk_first is None \
-                            and chunk_last is None:
-                        frames = torch.zeros(3, count, H, W)  # grey: this chunk has nothing to keep
-                    controls = [Control(frames=frames, mask=mask, references=references, first_frame=chunk_first,
-                                        last_frame=chunk_last, strength=o.strength, timing="call")]
+                final = chunk + 1 == o.chunks if o.chunks else feed.exhausted()
                 progress.stage(f"chunk {chunk + 1}")
-                latents = session.generate(1, controls)
-                video = decode.decode(decoder, latents)
-                writer.write(video[0])
-                frames_out += video.shape[2]
-                chunk += 1
+                latents = session.generate(1, controls.for_chunk(chunk, count, source, final))
+                video = decode.decode(decoder, latents)[0]
+                writer.write(video)
+                frames_out, chunk = frames_out + video.shape[1], chunk + 1
                 progress.bar.update(1)
                 if on_chunk is not None:
-                    on_chunk(video[0], _stats(frames_out, chunk, fps, o.out, feed))
-                if final:
-                    break
+                    on_chunk(video, _stats(frames_out, chunk, fps, o.out, feed))
         progress.stage("done")
     finally:
         progress.bar.close()
