@@ -355,3 +355,15 @@ def test_another_workflow_in_between_does_not_restart_the_stream(comfyui, refere
              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     assert _status(comfyui.run(other)) == "execution_success"
     assert _frames(comfyui, comfyui.run(t2v_graph("interleaved"))) == reference_stream[1]
+
+
+def test_queue_command_drives_a_stream(comfyui, reference_stream, tmp_path, capsys):
+    """`streamvace queue` posts the graph 3 times and follows the websocket: 9, 12, 12 frames of one stream."""
+    from streamvace.cli import main
+
+    path = tmp_path / "t2v_api.json"
+    path.write_text(json.dumps(t2v_graph("queued")))
+    assert main(["queue", str(path), "--runs", "3", "--url", comfyui.url, "--timeout", "300"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(": done, outputs: " in line for line in lines), lines
+    assert [len(line.split(": done, outputs: ")[1].split(", ")) for line in lines] == [9, 12, 12]
