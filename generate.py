@@ -340,6 +340,7 @@ class ChunkControls:
     def for_chunk(self, chunk: int, count: int, source: torch.Tensor, final: bool) -> list:
         """[Control] for chunk `chunk` of `count` frames ([] without VACE); `source` is its input frames."""
         from .models.wan.stream_session import Control
+        from .models.wan.vace_context import frame_reference_control
 
         o, frames, mask = self.o, None, None
         if not o.uses_vace:
@@ -355,12 +356,16 @@ class ChunkControls:
             from .annotators.outpaint import outpaint_canvas
 
             frames, mask = outpaint_canvas(source, o.height, o.width, self.sides, o.expand)
+        # Every chunk's control has the same inputs (frames, mask, references), so the session continues its VAE
+        # encoder streams instead of starting a new control: grey frames / an all-ones mask are "no control"
+        # (the context builder's own defaults), and the first / last frame are composited here as the session would.
         first = self.first if chunk == 0 else None
         last = self.last if final else None
-        if frames is None and mask is None and self.references is None and first is None and last is None:
-            frames = torch.zeros(3, count, o.height, o.width)  # grey: this chunk has nothing to keep
-        return [Control(frames=frames, mask=mask, references=self.references, first_frame=first, last_frame=last,
-                        strength=o.strength, timing="call")]
+        if first is not None or last is not None:
+            frames, mask = frame_reference_control(count, first, last, frames, mask)
+        frames = torch.zeros(3, count, o.height, o.width) if frames is None else frames
+        mask = torch.ones(1, count, o.height, o.width) if mask is None else mask
+        return [Control(frames=frames, mask=mask, references=self.references, strength=o.strength, timing="call")]
 
 
 def _open_input(o: GenerateOptions, total_frames: int):
