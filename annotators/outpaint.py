@@ -77,3 +77,41 @@ def outpaint_canvas(video: torch.Tensor, padding: dict, size: tuple = None, mult
     canvas[:, :, top:top + source.shape[2], left:left + source.shape[3]] = source.float()
     mask[:, :, top:top + source.shape[2], left:left + source.shape[3]] = 0.0
     return canvas, mask
+
+
+# ---- the `generate` command: a fixed output size, the source in the box the chosen sides leave ----
+
+def parse_sides(text: str) -> tuple:
+    """'left,right' / 'all' -> the sides to extend; a clear error for anything else."""
+    sides = SIDES if text.strip() == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown or not sides:
+        raise ValueError(f"outpaint sides must be a comma-separated subset of {', '.join(SIDES)} or 'all', "
+                         f"got {text!r}")
+    return sides
+
+
+def inner_box(height: int, width: int, sides, expand: float) -> tuple:
+    """(top, left, inner height, inner width) of the source area on a height x width canvas."""
+    if not 0 < expand <= 4:
+        raise ValueError(f"outpaint expansion must be in (0, 4] (a fraction of the source size), got {expand}")
+    inner_h = round(height / (1 + expand * (("top" in sides) + ("bottom" in sides))))
+    inner_w = round(width / (1 + expand * (("left" in sides) + ("right" in sides))))
+    top = round(inner_h * expand) if "top" in sides else 0
+    left = round(inner_w * expand) if "left" in sides else 0
+    top = min(top, height - inner_h)
+    left = min(left, width - inner_w)
+    return top, left, inner_h, inner_w
+
+
+def outpaint_into_box(video: torch.Tensor, height: int, width: int, sides, expand: float) -> tuple:
+    """Source [3, T, h, w] in [-1, 1] -> (frames [3, T, H, W], mask [1, T, H, W]) on a height x width canvas, the
+    source scaled into `inner_box` (the generate command reads its input at that size)."""
+    top, left, inner_h, inner_w = inner_box(height, width, sides, expand)
+    frames = video.new_zeros(3, video.shape[1], height, width, dtype=torch.float32)
+    scaled = F.interpolate(video.transpose(0, 1).float(), size=(inner_h, inner_w), mode="bilinear",
+                           align_corners=False, antialias=True).transpose(0, 1)
+    frames[:, :, top:top + inner_h, left:left + inner_w] = scaled
+    mask = torch.ones(1, video.shape[1], height, width, device=video.device)
+    mask[:, :, top:top + inner_h, left:left + inner_w] = 0
+    return frames, mask

@@ -65,6 +65,17 @@ def read_video_chunks(path: str, chunk_frames: int = 12, device="cpu", max_frame
             raise ValueError(f"{path}: the video has no frames")
 
 
+def video_frame_count(path: str) -> int:
+    """Frames in a video file as its container states them (0 when it does not say); reads no frames."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            return int(container.streams.video[0].frames) if container.streams.video else 0
+    except av.error.FFmpegError:
+        return 0
+
+
 class VideoWriter:
     """Writes [3, T, H, W] chunks in [-1, 1] to an H.264 (or the container's default) video file."""
 

@@ -201,3 +201,26 @@ def test_cli_depth_from_a_model_folder_and_a_video_file(tmp_path, models_dir):
     assert frames.shape == (3, 6, 48, 64)
     spread = frames[0].flatten(1)
     assert np.all((spread.max(1).values - spread.min(1).values).numpy() > 0.5)  # a full grey range per frame
+
+
+def test_cli_annotate_streams_its_input(tmp_path, monkeypatch):
+    """annotate reads one chunk ahead at most: the reader never runs ahead of what is written."""
+    from streamvace.annotators import video_io
+    from streamvace.cli import main
+
+    assert main(["sample-clip", "--out", str(tmp_path / "in.mp4"), "--frames", "40", "--height", "32",
+                 "--width", "48"]) == 0
+    read, written, real_read = [], [], video_io.read_video_chunks
+
+    def counting(*args, **kwargs):
+        for item in real_read(*args, **kwargs):
+            read.append(item[0].shape[1])
+            yield item
+
+    real_write = video_io.VideoWriter.write
+    monkeypatch.setattr(video_io, "read_video_chunks", counting)
+    monkeypatch.setattr(video_io.VideoWriter, "write", lambda self, chunk: (written.append(len(read)),
+                                                                            real_write(self, chunk)))
+    assert main(["annotate", "--kind", "layout", "--input", str(tmp_path / "in.mp4"), "--out", str(tmp_path / "l.mp4"),
+                 "--chunk", "8", "--device", "cpu"]) == 0
+    assert read == [8] * 5 and written == [1, 2, 3, 4, 5]  # chunk k is written when k chunks were read

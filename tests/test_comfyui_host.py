@@ -397,3 +397,15 @@ def test_free_between_runs_drops_the_stream_and_its_next_run_starts_over(comfyui
     assert _frames(comfyui, comfyui.run(t2v_graph("freed"))) == reference_stream[0]
     assert "the wan stream 'freed' was dropped earlier (ComfyUI unloaded all models" in comfyui.log()
     assert _frames(comfyui, comfyui.run(t2v_graph("freed"))) == reference_stream[1]
+
+
+def test_queue_command_drives_a_stream(comfyui, reference_stream, tmp_path, capsys):
+    """`streamvace queue` posts the graph 3 times and follows the websocket: 9, 12, 12 frames of one stream."""
+    from streamvace.cli import main
+
+    path = tmp_path / "t2v_api.json"
+    path.write_text(json.dumps(t2v_graph("queued")))
+    assert main(["queue", str(path), "--runs", "3", "--url", comfyui.url, "--timeout", "300"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(": done, outputs: " in line for line in lines), lines
+    assert [len(line.split(": done, outputs: ")[1].split(", ")) for line in lines] == [9, 12, 12]
