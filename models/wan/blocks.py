@@ -61,7 +61,7 @@ class SelfAttention(_Projections):
         """x [B, L, dim] in the weights' dtype -> [B, L, dim]."""
         heads = (self.num_heads, -1)
         q = rope.apply(self.norm_q(self.q(x)).unflatten(-1, heads))
-        k = rope.apply(self.norm_k(self.k(x)).unflatten(-1, heads))
+        k = rope.apply_to_keys(self.norm_k(self.k(x)).unflatten(-1, heads))
         v = self.v(x).unflatten(-1, heads)
         return self.o(attend(q, k, v).flatten(-2))
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import attention
+from .rope import RotaryTable
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,26 @@ class CachePolicy:
         return list(sink) + list(window)
 
 
-def cache_policy(preset: str, chunk_frames: int = 3) -> CachePolicy:
+POLICY_NAMES = ("longlive", "motionstream", "full", "infinity", "deep_forcing")
+
+
+def cache_policy(preset: str, chunk_frames: int = 3, **params) -> CachePolicy:
     """Named policies: 'full' (Self-Forcing), 'longlive' (sink 3, 12 frames attended in all),
-    'motionstream' (c3s1w1: one chunk of sink, one chunk of window)."""
+    'motionstream' (c3s1w1: one chunk of sink, one chunk of window), and the long-horizon 'infinity'
+    and 'deep_forcing' (models/wan/long_horizon.py; they take their parameters as keywords)."""
+    if preset in ("infinity", "deep_forcing"):
+        from .long_horizon import long_horizon_policy  # it builds on this module
+
+        return long_horizon_policy(preset, chunk_frames, **params)
+    if params:
+        raise ValueError(f"cache policy {preset!r} takes no parameters, got {sorted(params)}")
     if preset == "full":
         return CachePolicy(0, None)
     if preset == "longlive":
         return CachePolicy(3, max(0, 12 - 3 - chunk_frames))
     if preset == "motionstream":
         return CachePolicy(chunk_frames, chunk_frames)
-    raise ValueError(f"unknown cache policy {preset!r}; choose 'full', 'longlive' or 'motionstream'")
+    raise ValueError(f"unknown cache policy {preset!r}; choose one of {', '.join(POLICY_NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,8 @@ class CacheFullError(RuntimeError):
 
 class KVCache:
     """K/V buffers [layers, B, slots, heads, head_dim] for one stream, allocated once."""
+
+    supports_recache = True  # a prompt switch can recompute the window's K/V (see WanStream.set_prompt)
 
     def __init__(self, policy: CachePolicy, *, chunk_frames: int, tokens_per_frame: int, num_layers: int,
                  batch: int, num_heads: int, head_dim: int, max_frames: int = None, dtype=torch.bfloat16,
@@ -90,6 +103,10 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes held by the K and V buffers."""
         return self.keys.nbytes + self.values.nbytes
+
+    def chunk_rope(self, head_dim: int, start_frame: int, grid: tuple, device=None) -> RotaryTable:
+        """The RoPE of a chunk's queries and keys: absolute positions (keys are cached rotated)."""
+        return RotaryTable.for_grid(head_dim, start_frame, *grid, device=device)
 
     def frame_slot(self, frame: int) -> int:
         """The buffer slot (in frames) that holds `frame`."""

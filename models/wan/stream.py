@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attention
-from .kv_cache import CachePolicy, KVCache, cache_policy
+from .kv_cache import CachePolicy, cache_policy
+from .long_horizon import build_cache
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
 from .vace import combine_hints, vace_hints
@@ -64,9 +65,10 @@ class WanStream:
         self.tokens_per_frame = self.grid[1] * self.grid[2]
         self.sigmas = sigma_schedule(c.steps, c.warp_steps, c.shift)
         mc = model.config
-        self.cache = KVCache(c.policy, chunk_frames=c.chunk_frames, tokens_per_frame=self.tokens_per_frame,
-                             num_layers=mc.num_layers, batch=c.batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
-                             max_frames=c.max_frames, dtype=self.dtype, device=self.device)
+        self.cache = build_cache(c.policy, frame_grid=self.grid[1:], chunk_frames=c.chunk_frames,
+                                 tokens_per_frame=self.tokens_per_frame, num_layers=mc.num_layers, batch=c.batch,
+                                 num_heads=mc.num_heads, head_dim=mc.head_dim, max_frames=c.max_frames,
+                                 dtype=self.dtype, device=self.device)
         self.generator = torch.Generator(device=self.device)
         self._noise = torch.empty(self.latent_shape, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
@@ -89,7 +91,8 @@ class WanStream:
         """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks.
 
         Mid-stream, `recache` (LongLive) recomputes the window's K/V from its clean latents under the new
-        prompt before the next chunk; the sink keeps the old prompt's K/V (LongLive's global sink).
+        prompt before the next chunk; the sink keeps the old prompt's K/V (LongLive's global sink). A cache
+        that keeps no fixed frame set (deep_forcing) does not re-cache: the new prompt acts from the next chunk.
         """
         if text.shape[0] not in (1, self.config.batch):
             raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
@@ -97,7 +100,7 @@ class WanStream:
             base, vace = self.model.text_kv(text.to(self.device).expand(self.config.batch, -1, -1))
         self.text_kv = (base, vace)
         self.prompt_version += 1
-        self._recache_pending = recache and self.frames_done > 0
+        self._recache_pending = recache and self.frames_done > 0 and self.cache.supports_recache
 
     def reset(self) -> None:
         """Start the video over (the prompt and all buffers are kept)."""
@@ -147,7 +150,7 @@ class WanStream:
         self._commit(slots, clean)
 
     def _rope(self, start_frame: int) -> RotaryTable:
-        return RotaryTable.for_grid(self.model.config.head_dim, start_frame, *self.grid, device=self.device)
+        return self.cache.chunk_rope(self.model.config.head_dim, start_frame, self.grid, device=self.device)
 
     def _check_vace(self, vace) -> list:
         if not vace:
@@ -175,7 +178,7 @@ class WanStream:
     def _forward(self, x, step, attends, rope, vace, need_output=True):
         e, e0 = self._time[step]
         tokens = self.model.patchify(x)
-        hints = self._hints(vace, tokens, e0, rope) if vace else None
+        hints = self._hints(vace, tokens, e0, rope.plain()) if vace else None
         out = self.model.run_blocks(tokens, e0, self.text_kv[0], rope, attends, hints)
         # the cache pass only writes K/V: its velocity would be thrown away
         return self.model.unpatchify(self.model.head(out, e), self.grid) if need_output else None
