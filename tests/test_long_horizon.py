@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from streamvace.models.wan.attention import attention
-from streamvace.models.wan.kv_cache import cache_policy
-from streamvace.models.wan.long_horizon import DeepForcingCache, InfinityCache
-from streamvace.models.wan.rope import rope_angles
+from streamvace.models.wan.kv_cache import cache_policy, cache_policy_from_text
+from streamvace.models.wan.long_horizon import DeepForcingCache, InfinityCache, InfinityPolicy, TokenRotary
+from streamvace.models.wan.rope import RotaryTable, rope_angles
 from streamvace.models.wan.sampler import model_timestep, predict_x0, renoise
 from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.vace import combine_hints, vace_hints
@@ -17,7 +17,6 @@ from streamvace.models.wan.vace import combine_hints, vace_hints
 from test_streaming import HEIGHT, WIDTH, rel_err, stream_noises
 from wan_tiny import DEVICE, TEXT_DIM, tiny_model
 
-from streamvace.models.wan.long_horizon import TokenRotary
 
 N = 3  # latent frames per chunk
 
@@ -36,13 +35,12 @@ class Raw:
 
 def rotate(x, frames, grid_hw, head_dim, tokens=None):
     """x [B, L, H, D] rotated at temporal positions `frames` (one per frame, or one per token with `tokens`)."""
-    if tokens is None:
-        angles = rope_angles(head_dim, torch.as_tensor(frames, device=x.device), *grid_hw)
-    else:
-        from streamvace.models.wan.long_horizon import token_angles
-        t = torch.as_tensor(frames, device=x.device)
-        tok = torch.as_tensor(tokens, device=x.device)
-        angles = token_angles(head_dim, t, tok // grid_hw[1], tok % grid_hw[1])
+    frames = torch.as_tensor(frames, device=x.device)
+    angles = rope_angles(head_dim, frames, *grid_hw)  # Wan's grid angles, one grid per listed frame
+    if tokens is not None:  # keep, for the i-th token, the grid row of its own spatial position
+        per = grid_hw[0] * grid_hw[1]
+        rows = torch.arange(len(frames), device=x.device) * per + torch.as_tensor(tokens, device=x.device)
+        angles = angles[rows]
     return TokenRotary(angles).apply(x)
 
 
@@ -133,8 +131,8 @@ def naive_generation(model, text, sigmas, noises, naive, contexts=None, scales=N
     clean = []
     for c, chunk_noises in enumerate(noises):
         start = c * N
-        x = chunk_noises[0]
-        for step, sigma in enumerate(list(sigmas) + [0.0]):
+        x = x0 = chunk_noises[0]
+        for step, sigma in enumerate([*sigmas, 0.0]):
             last = step == len(sigmas)
             latents = x0 if last else x
             e, e0 = model.embed_time(torch.full((1,), model_timestep(sigma), device=DEVICE))
@@ -161,12 +159,12 @@ def naive_generation(model, text, sigmas, noises, naive, contexts=None, scales=N
 
 
 def rotate_table(head_dim, start, grid_hw):
-    from streamvace.models.wan.rope import RotaryTable
     return RotaryTable.for_grid(head_dim, start, N, *grid_hw, device=DEVICE)
 
 
 def run_stream(policy, chunks, vace=False, seed=7):
     model = tiny_model(vace=vace)
+    torch.manual_seed(0)
     config = StreamConfig(height=HEIGHT, width=WIDTH, policy=policy, seed=seed, steps=(1000, 750, 500))
     stream = WanStream(model, config)
     text = torch.randn(1, 9, TEXT_DIM)
@@ -189,8 +187,8 @@ INFINITY = {
 }
 
 
-@pytest.mark.parametrize("name", INFINITY)
-@pytest.mark.parametrize("with_vace", [False, True], ids=["t2v", "vace"])
+@pytest.mark.parametrize(("name", "with_vace"), [("longlive-infinity", False), ("sink1-attend6", False),
+                                                  ("sink1-attend6", True)])
 def test_infinity_equals_naive_relative_rope(name, with_vace):
     policy = cache_policy("infinity", N, **INFINITY[name])
     chunks = 8 if name == "longlive-infinity" else 6  # the window rolls several times
@@ -222,11 +220,48 @@ def test_deep_forcing_equals_naive_reference(name):
         assert rel_err(a, b) <= 1e-4, f"chunk {c}: relative error {rel_err(a, b):.2e}"
 
 
-def test_deep_forcing_top_c_matters():
-    """The naive reference with the top-C reversed differs from the stream: the selection is not a no-op."""
-    policy = cache_policy("deep_forcing", N, **DEEP["small"])
-    model, stream, text, noises, got, _, _ = run_stream(policy, 8)
-    naive = NaiveDeepForcing(policy, model.config.num_layers, stream.grid[1:], model.config.head_dim, wrong_top=True)
-    with torch.no_grad():
-        want = naive_generation(model, text, stream.sigmas, noises, naive)
-    assert rel_err(got[-1], want[-1]) > 1e-3
+def test_interrupted_chunks_leave_the_stream_as_it_was():
+    """A chunk that fails on any forward (a compressing one included) changes nothing: the retried stream
+    equals one that never failed."""
+    for name, params, chunks in (("deep_forcing", DEEP["small"], 5), ("infinity", INFINITY["sink1-attend6"], 4)):
+        model, clean_stream, text, _, expected, _, _ = run_stream(cache_policy(name, N, **params), chunks)
+        stream = WanStream(model, clean_stream.config)
+        stream.set_prompt(text)
+        got = []
+        for c in range(chunks):
+            # the first forward (where deep_forcing compresses, chunk 3) and after the clean pass
+            for fail_at in (0, 3) if c in (2, 3) else (0,):
+                def stop(i, n, fail_at=fail_at):
+                    if i == fail_at:
+                        raise KeyboardInterrupt
+                with pytest.raises(KeyboardInterrupt):
+                    stream.next_chunk(on_step=stop)
+            got.append(stream.next_chunk())
+        for c, (a, b) in enumerate(zip(got, expected)):
+            assert rel_err(a, b) <= 1e-5, f"{name} chunk {c}"
+
+
+def test_policy_parameters_text_form_and_errors():
+    policy = cache_policy_from_text("deep_forcing:sink_frames=12,budget_frames=18")
+    assert (policy.sink_frames, policy.budget_frames, policy.recent_frames, policy.max_frames) == (12, 18, 4, 21)
+    assert isinstance(cache_policy_from_text("infinity"), InfinityPolicy)
+    assert cache_policy_from_text("infinity").visible_past(30) == cache_policy("longlive").visible_past(30)
+    with pytest.raises(ValueError, match="name=integer"):
+        cache_policy_from_text("deep_forcing:sink_frames=ten")
+    with pytest.raises(ValueError, match="recent_frames"):
+        cache_policy("deep_forcing", N, recent_frames=2)
+    with pytest.raises(ValueError, match="budget"):
+        cache_policy("deep_forcing", N, budget_frames=30)
+    with pytest.raises(ValueError, match="no parameters"):
+        cache_policy("longlive", N, sink_frames=2)
+
+
+def test_prompt_switch_with_long_horizon_policies():
+    """infinity re-caches the window under the new prompt (relative RoPE there too); deep_forcing, which keeps no
+    fixed frame set, switches from the next chunk on without re-caching."""
+    for name, params, recaches in (("infinity", INFINITY["sink1-attend6"], True), ("deep_forcing", DEEP["small"], False)):
+        _, stream, _, _, _, _, _ = run_stream(cache_policy(name, N, **params), 4)
+        stream.set_prompt(torch.randn(1, 5, TEXT_DIM))
+        assert stream._recache_pending == recaches
+        after = stream.next_chunk()
+        assert torch.isfinite(after).all() and not stream._recache_pending

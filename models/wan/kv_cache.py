@@ -63,6 +63,19 @@ def cache_policy(preset: str, chunk_frames: int = 3, **params) -> CachePolicy:
     raise ValueError(f"unknown cache policy {preset!r}; choose one of {', '.join(POLICY_NAMES)}")
 
 
+def cache_policy_from_text(text: str, chunk_frames: int = 3) -> CachePolicy:
+    """A policy from its text form: a name, or a name and keyword integers ('deep_forcing:sink_frames=12,budget_frames=18')."""
+    name, _, rest = text.strip().partition(":")
+    params = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"cache policy parameters are name=integer pairs separated by commas, got {item!r} "
+                             f"in {text!r} (e.g. 'deep_forcing:sink_frames=12,budget_frames=18')")
+        params[key.strip()] = int(value)
+    return cache_policy(name.strip(), chunk_frames, **params)
+
+
 @dataclass(frozen=True)
 class ChunkSlots:
     """Where one chunk's tokens go: (source token, slot token, length) runs, and the attended prefix."""

@@ -59,6 +59,10 @@ def token_angles(head_dim: int, t: torch.Tensor, h: torch.Tensor, w: torch.Tenso
     return torch.cat(parts, dim=-1)
 
 
+def _per_token(tokens_per_frame: int, per_frame: torch.Tensor) -> torch.Tensor:
+    return per_frame.repeat_interleave(tokens_per_frame)
+
+
 class TokenRotary(RotaryTable):
     """A rotation per token from angles [L, d/2] or [B, L, d/2] (RotaryTable is one grid shared by the batch)."""
 
@@ -274,15 +278,14 @@ class DeepForcingCache(KVCache):
         old_history = (ring_frame >= self.history_start) & (ring_frame < start + n - p.recent_frames)
         candidate = torch.cat([torch.full((sink,), False, device=device), old_history])
         top_valid = torch.full((self.top_tokens,), compress or compressed, device=device)
-        per_token = lambda x: x.repeat_interleave(tpf)  # noqa: E731
         zero = torch.zeros(1, dtype=torch.long, device=device)
         self._plan = _Plan(
             slots=slots, compress=compress, history_start=history_start,
             top_buffer=1 - self.top_active if compress else self.top_active,
             main_rotary=TokenRotary(rope_angles(self.head_dim, place, *self.frame_grid)),
-            mask=torch.cat([per_token(valid), top_valid])[None, None, None],
-            candidates=torch.cat([torch.full((self.top_tokens,), compressed, device=device), per_token(candidate)]),
-            main_frame=per_token(frame), main_token=torch.arange(tpf, device=device).repeat(sink + ring),
+            mask=torch.cat([_per_token(tpf, valid), top_valid])[None, None, None],
+            candidates=torch.cat([torch.full((self.top_tokens,), compressed, device=device), _per_token(tpf, candidate)]),
+            main_frame=_per_token(tpf, frame), main_token=torch.arange(tpf, device=device).repeat(sink + ring),
             tail_shift=TokenRotary(token_angles(self.head_dim, zero - n, zero, zero)))
         return self._plan
 
@@ -312,7 +315,7 @@ class DeepForcingCache(KVCache):
         """Write the chunk's raw k/v; on the chunk's first forward compress if due; attend over sink + top-C +
         history + chunk, each key at its position relative to the chunk."""
         plan = self.plan(slots)
-        n, tail_frames = slots.num_frames, self.policy.recent_frames - slots.num_frames
+        tail_frames = self.policy.recent_frames - slots.num_frames
         first = [True]
 
         def attend(q, k, v):
