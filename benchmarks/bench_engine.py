@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from streamvace.models.wan.kv_cache import cache_policy
+from streamvace.models.wan.kv_cache import cache_policy_from_text
 from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.stream_session import Control, StreamSession
 from streamvace.models.vae.tiny_vae import TinyVAE
@@ -43,7 +43,7 @@ def _segments():
 def time_stream(model, height, width, vace, warmup, chunks, policy):
     """Mean / p50 / max ms per chunk over `chunks` chunks after `warmup` chunks, and the memory it took."""
     device, dtype = model.head.head.weight.device, model.dtype
-    stream = WanStream(model, StreamConfig(height=height, width=width, policy=cache_policy(policy), seed=1))
+    stream = WanStream(model, StreamConfig(height=height, width=width, policy=cache_policy_from_text(policy), seed=1))
     stream.set_prompt(torch.randn(1, 512, model.config.text_dim, device=device, dtype=dtype))
     context = torch.randn(1, model.config.vace_in_dim, 3, height // 8, width // 8, device=device)
     reference = None
@@ -124,7 +124,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=".")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--chunks", type=int, default=10)
-    parser.add_argument("--policy", default="longlive")
+    parser.add_argument("--policy", default="longlive", help="a cache policy, e.g. infinity or "
+                        "deep_forcing:sink_frames=10,budget_frames=16 (time deep_forcing after >= 8 warm-up chunks "
+                        "and over an even number: it compresses on every other chunk once the cache is full)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed chunks first (default 5, 8 compiled)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every block (experimental)")
     parser.add_argument("--sizes", default="480x832,368x640")
     args = parser.parse_args(argv)
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
     }
     for height, width in sizes:
         for vace in (False, True, "reference"):
-            run = time_stream(model, height, width, vace, warmup=8 if args.compile else 5, chunks=2 if args.smoke else args.chunks,
+            run = time_stream(model, height, width, vace, warmup=args.warmup if args.warmup is not None else (8 if args.compile else 5), chunks=2 if args.smoke else args.chunks,
                               policy=args.policy)
             results["runs"].append(run)
             print(json.dumps(run), flush=True)

@@ -31,7 +31,9 @@ only public code we found is the adaptation in zengqunzhao/Relax-Forcing (`wan/m
   keep the position of the frame they came from; the reference's top-C re-alignment never triggers with
   its window of M frames). The sink is re-aligned at each compression to start at s_c - N (s_c: the first
   frame of the compressing chunk; the reference writes this as current_start - tail frames - sink frames)
-  and stays there until the next compression; before the first compression it sits at 0..S-1.
+  and stays there until the next compression; before the first compression it sits at 0..S-1. (At its
+  first compression the reference shifts the sink by a hard-coded M - N, which equals s_c - N only when
+  the first compression starts at frame M, i.e. when M is a multiple of the chunk size, as at 21 / 3.)
 - Differences from that code, none of which changes the definition: keys are stored raw and rotated at
   attention time instead of being rotated in place in bf16 at every compression (which accumulates
   rounding over a long stream); the reference's per-token `topc_max_reuse` cap (not in the paper, default
