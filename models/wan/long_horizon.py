@@ -170,16 +170,22 @@ class InfinityCache(KVCache):
 
     def _key_rotary(self, slots: ChunkSlots) -> TokenRotary:
         if self._memo[0] is not slots:  # once per chunk, shared by the layers
-            sink, window, ring = self.policy.sink_frames, self.policy.window_frames, self.ring_frames
-            start = slots.start_frame
+            sink, ring, start = self.policy.sink_frames, self.ring_frames, slots.start_frame
+            end = start + slots.num_frames
             slot = torch.arange(slots.attend_tokens // self.tokens_per_frame, device=self.keys.device)
-            # once the ring has wrapped it holds exactly the window + the chunk; the oldest window frame
-            # sits in ring slot `oldest`, and a frame's index in V counts from there
-            oldest = (start - window - sink) % ring if start >= sink + window else 0
-            index = torch.where(slot < sink, slot, sink + (slot - sink - oldest) % ring)
-            place = index - len(self.policy.visible_past(start))  # the chunk's first query sits at 0
+            # V = the filled sink slots, then the ring's frames in temporal order (the newest written to each
+            # ring slot); places count from the chunk's first frame, so a ring frame f sits at f - start
+            # and a sink frame i at i minus the chunk's index in V
+            ring_filled = min(ring, max(0, end - sink))
+            first = start if start < sink else sink + start - (end - ring_filled)
+            ring_frame = end - 1 - (end - 1 - slot) % ring
+            place = torch.where(slot < sink, slot - first, ring_frame - start)
             self._memo = (slots, TokenRotary(rope_angles(self.head_dim, place, *self.frame_grid)))
         return self._memo[1]
+
+    def is_steady(self, slots: ChunkSlots) -> bool:
+        """Never replayed from CUDA graphs yet: the key rotation changes every chunk (eager or compiled blocks)."""
+        return False
 
     def attend_fn(self, layer: int, slots: ChunkSlots):
         """Write the chunk's raw k/v, attend over the filled prefix with keys rotated by their place in V."""
@@ -188,7 +194,8 @@ class InfinityCache(KVCache):
 
         def attend(q, k, v):
             self._write(layer, slots, k, v)
-            return attention(q, rotary.apply(keys[:, :slots.attend_tokens]), values[:, :slots.attend_tokens])
+            n = slots.attend_tokens
+            return attention(q, rotary.apply(keys[:, :n]), values[:, :n], backend=self.backend)
 
         return attend
 
@@ -201,7 +208,7 @@ class InfinityCache(KVCache):
 
         def attend(q, k, v):
             self._write(layer, slots, k, v)
-            return attention(q, rotary.apply(keys[:, index]), values[:, index])
+            return attention(q, rotary.apply(keys[:, index]), values[:, index], backend=self.backend)
 
         return attend
 
@@ -257,6 +264,10 @@ class DeepForcingCache(KVCache):
     def chunk_rope(self, head_dim, start_frame, grid, device=None) -> RotaryTable:
         """Queries at 0..n-1; keys are rotated by the cache relative to the chunk's first frame."""
         return QueryRotary.for_grid(head_dim, 0, *grid, device=device)
+
+    def is_steady(self, slots: ChunkSlots) -> bool:
+        """Never replayed from CUDA graphs yet: compression and positions change per chunk (eager or compiled)."""
+        return False
 
     def plan(self, slots: ChunkSlots) -> _Plan:
         """The chunk's compression decision, positions and masks (built once per chunk)."""
@@ -332,7 +343,7 @@ class DeepForcingCache(KVCache):
             top_keys = self._top_rotary(layer, buffer, slots.start_frame).apply(self.top_keys[layer, buffer])
             keys = torch.cat([main_keys, top_keys], dim=1)
             values = torch.cat([self.values[layer], self.top_values[layer, buffer]], dim=1)
-            return attention(q, keys, values, plan.mask)
+            return attention(q, keys, values, plan.mask, backend=self.backend)
 
         return attend
 
