@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import attention
-from .kv_cache import CachePolicy, ChunkSlots, KVCache
+from .kv_cache import CachePolicy, ChunkSlots, DeepForcingPolicy, InfinityPolicy, KVCache
 from .rope import RotaryTable, _axis_frequencies, axis_channels, rope_angles
 
 
@@ -85,66 +85,6 @@ class QueryRotary(RotaryTable):
         table = RotaryTable.__new__(RotaryTable)
         table.cos, table.sin = self.cos, self.sin
         return table
-
-
-@dataclass(frozen=True)
-class InfinityPolicy(CachePolicy):
-    """LongLive-infinity: LongLive's sink + window, keys rotated by their place in the window (relative RoPE)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.window_frames is None:
-            raise ValueError("the infinity policy needs a window (it exists to make endless streams stay in range)")
-
-
-@dataclass(frozen=True)
-class DeepForcingPolicy(CachePolicy):
-    """Deep Forcing: a deep sink re-aligned to the timeline + participative compression to a token budget."""
-
-    budget_frames: int = 16
-    recent_frames: int = 4
-    max_frames: int = 21
-
-    def __post_init__(self):
-        super().__post_init__()
-        s, n, r, m = self.sink_frames, self.budget_frames, self.recent_frames, self.max_frames
-        if not (0 <= s and r >= 1 and s + r <= n <= m) or self.window_frames != m - s:
-            raise ValueError(f"deep_forcing needs sink + recent <= budget <= max_frames (frames), got sink {s}, "
-                             f"recent {r}, budget {n}, max_frames {m}")
-
-    @property
-    def top_frames(self) -> int:
-        """C in frames' worth of tokens: the budget left after the sink and the recent frames."""
-        return self.budget_frames - self.sink_frames - self.recent_frames
-
-    def visible_past(self, start_frame: int) -> list:
-        """Not a fixed set of frames: which tokens stay depends on attention (participative compression)."""
-        raise NotImplementedError("deep_forcing keeps tokens chosen by attention, not a fixed set of frames")
-
-
-def long_horizon_policy(preset: str, chunk_frames: int = 3, **params) -> CachePolicy:
-    """'infinity' (LongLive-infinity: sink 3, 12 frames attended) or 'deep_forcing' (sink_frames=10,
-    budget_frames=16, recent_frames=4, max_frames=21 by default)."""
-    if preset == "infinity":
-        sink = params.pop("sink_frames", 3)
-        attended = params.pop("attended_frames", 12)
-        if params:
-            raise ValueError(f"infinity takes sink_frames and attended_frames, not {sorted(params)}")
-        return InfinityPolicy(sink, max(0, attended - sink - chunk_frames))
-    if preset == "deep_forcing":
-        sink = params.pop("sink_frames", 10)
-        budget = params.pop("budget_frames", 16)
-        recent = params.pop("recent_frames", 4)
-        most = params.pop("max_frames", 21)
-        if params:
-            raise ValueError(f"deep_forcing takes sink_frames, budget_frames, recent_frames and max_frames, "
-                             f"not {sorted(params)}")
-        if not chunk_frames <= recent <= 2 * chunk_frames:
-            raise ValueError(f"deep_forcing needs chunk_frames <= recent_frames <= 2 * chunk_frames (the recent "
-                             f"queries come from this chunk and the previous one), got recent {recent}, "
-                             f"chunk {chunk_frames}")
-        return DeepForcingPolicy(sink, most - sink, budget, recent, most)
-    raise ValueError(f"unknown long-horizon policy {preset!r}")
 
 
 def build_cache(policy: CachePolicy, *, frame_grid: tuple, **kwargs) -> KVCache:

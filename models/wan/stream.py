@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attention
+from .fast_path import ChunkGraphs
 from .kv_cache import CachePolicy, cache_policy
 from .long_horizon import build_cache
 from .rope import RotaryTable
@@ -235,8 +236,6 @@ class WanStream:
         (cache full, no reference images), else the eager blocks."""
         if self.cuda_graphs and self.cache.is_steady(slots) and all(item.reference is None for item in vace):
             if self._graphs is None:
-                from .fast_path import ChunkGraphs
-
                 self._graphs = ChunkGraphs(self)
             self._graphs.prepare_chunk(slots, rope)
             return self._graphs.forward
