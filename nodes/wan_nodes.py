@@ -27,7 +27,17 @@ from .streams import registry
 from .types import DTYPES, PROMPTS_TYPE, VAE_TYPE
 
 MODEL_TYPE, LORA_TYPE, CONTROL_TYPE = "STREAMVACE_MODEL", "STREAMVACE_LORA", "STREAMVACE_CONTROL"
-POLICIES = ("longlive", "motionstream", "full")
+POLICIES = ("longlive", "motionstream", "full", "infinity", "deep_forcing")
+POLICY_TOOLTIP = (
+    "What the model remembers of the video so far. "
+    "longlive: the first 3 frames + the last 6 (LongLive's training setup). "
+    "motionstream: the first chunk + the last chunk (fastest). "
+    "full: everything (Self-Forcing; stops at 21 latent frames, about 5 s). "
+    "infinity: like longlive, but frames are numbered inside the memory instead of from the start, so "
+    "an endless stream never runs past what the model was trained on (LongLive-infinity; LongLive weights). "
+    "deep_forcing: a deep memory of the first 10 frames kept in step with the present, plus the details "
+    "the latest frames look at most (Deep Forcing; training-free, for Self-Forcing weights; long videos "
+    "that keep their look and motion). Every policy costs the same per chunk however long the video gets.")
 
 
 class StreamVACEModelLoader:
@@ -196,8 +206,7 @@ class StreamVACESampler:
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed of the "
                      "next chunks. A new seed continues the video with fresh noise (it never restarts the stream), "
                      "so 'randomize after generate' is fine."}),
-            "cache_policy": (list(POLICIES), {"default": "longlive", "tooltip": "longlive: sink 3 + window 6 frames; "
-                             "motionstream: sink 1 chunk + window 1 chunk; full: all history (Self-Forcing, <= 21 frames)."}),
+            "cache_policy": (list(POLICIES), {"default": "longlive", "tooltip": POLICY_TOOLTIP}),
             "steps": ("STRING", {"default": "1000,750,500,250", "tooltip": "Nominal denoising timesteps."}),
             "warp_steps": ("BOOLEAN", {"default": True, "tooltip": "Warp the steps through the shift-5 schedule as "
                                                                    "LongLive / Self-Forcing were trained."}),

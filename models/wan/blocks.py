@@ -61,7 +61,7 @@ class SelfAttention(_Projections):
         """x [B, L, dim] in the weights' dtype -> rotated q, k and v [B, L, heads, head_dim]."""
         heads = (self.num_heads, -1)
         q = rope.apply(self.norm_q(self.q(x)).unflatten(-1, heads))
-        k = rope.apply(self.norm_k(self.k(x)).unflatten(-1, heads))
+        k = rope.apply_to_keys(self.norm_k(self.k(x)).unflatten(-1, heads))
         return q, k, self.v(x).unflatten(-1, heads)
 
     def forward(self, x: torch.Tensor, rope: RotaryTable, attend: AttendFn) -> torch.Tensor:

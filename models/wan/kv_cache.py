@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import attention
+from .rope import RotaryTable
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,98 @@ class CachePolicy:
         return list(sink) + list(window)
 
 
-def cache_policy(preset: str, chunk_frames: int = 3) -> CachePolicy:
+@dataclass(frozen=True)
+class InfinityPolicy(CachePolicy):
+    """LongLive-infinity: LongLive's sink + window, keys rotated by their place in the window (relative RoPE)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.window_frames is None:
+            raise ValueError("the infinity policy needs a window (it exists to make endless streams stay in range)")
+
+
+@dataclass(frozen=True)
+class DeepForcingPolicy(CachePolicy):
+    """Deep Forcing: a deep sink re-aligned to the timeline + participative compression to a token budget."""
+
+    budget_frames: int = 16
+    recent_frames: int = 4
+    max_frames: int = 21
+
+    def __post_init__(self):
+        super().__post_init__()
+        s, n, r, m = self.sink_frames, self.budget_frames, self.recent_frames, self.max_frames
+        if not (0 <= s and r >= 1 and s + r <= n <= m) or self.window_frames != m - s:
+            raise ValueError(f"deep_forcing needs sink + recent <= budget <= max_frames (frames), got sink {s}, "
+                             f"recent {r}, budget {n}, max_frames {m}")
+
+    @property
+    def top_frames(self) -> int:
+        """C in frames' worth of tokens: the budget left after the sink and the recent frames."""
+        return self.budget_frames - self.sink_frames - self.recent_frames
+
+    def visible_past(self, start_frame: int) -> list:
+        """Not a fixed set of frames: which tokens stay depends on attention (participative compression)."""
+        raise NotImplementedError("deep_forcing keeps tokens chosen by attention, not a fixed set of frames")
+
+
+def long_horizon_policy(preset: str, chunk_frames: int = 3, **params) -> CachePolicy:
+    """'infinity' (LongLive-infinity: sink 3, 12 frames attended) or 'deep_forcing' (sink_frames=10,
+    budget_frames=16, recent_frames=4, max_frames=21 by default)."""
+    if preset == "infinity":
+        sink = params.pop("sink_frames", 3)
+        attended = params.pop("attended_frames", 12)
+        if params:
+            raise ValueError(f"infinity takes sink_frames and attended_frames, not {sorted(params)}")
+        return InfinityPolicy(sink, max(0, attended - sink - chunk_frames))
+    if preset == "deep_forcing":
+        sink = params.pop("sink_frames", 10)
+        budget = params.pop("budget_frames", 16)
+        recent = params.pop("recent_frames", 4)
+        most = params.pop("max_frames", 21)
+        if params:
+            raise ValueError(f"deep_forcing takes sink_frames, budget_frames, recent_frames and max_frames, "
+                             f"not {sorted(params)}")
+        if not chunk_frames <= recent <= 2 * chunk_frames:
+            raise ValueError(f"deep_forcing needs chunk_frames <= recent_frames <= 2 * chunk_frames (the recent "
+                             f"queries come from this chunk and the previous one), got recent {recent}, "
+                             f"chunk {chunk_frames}")
+        return DeepForcingPolicy(sink, most - sink, budget, recent, most)
+    raise ValueError(f"unknown long-horizon policy {preset!r}")
+
+
+
+POLICY_NAMES = ("longlive", "motionstream", "full", "infinity", "deep_forcing")
+
+
+def cache_policy(preset: str, chunk_frames: int = 3, **params) -> CachePolicy:
     """Named policies: 'full' (Self-Forcing), 'longlive' (sink 3, 12 frames attended in all),
-    'motionstream' (c3s1w1: one chunk of sink, one chunk of window)."""
+    'motionstream' (c3s1w1: one chunk of sink, one chunk of window), and the long-horizon 'infinity'
+    and 'deep_forcing' (caches in models/wan/long_horizon.py; they take their parameters as keywords)."""
+    if preset in ("infinity", "deep_forcing"):
+        return long_horizon_policy(preset, chunk_frames, **params)
+    if params:
+        raise ValueError(f"cache policy {preset!r} takes no parameters, got {sorted(params)}")
     if preset == "full":
         return CachePolicy(0, None)
     if preset == "longlive":
         return CachePolicy(3, max(0, 12 - 3 - chunk_frames))
     if preset == "motionstream":
         return CachePolicy(chunk_frames, chunk_frames)
-    raise ValueError(f"unknown cache policy {preset!r}; choose 'full', 'longlive' or 'motionstream'")
+    raise ValueError(f"unknown cache policy {preset!r}; choose one of {', '.join(POLICY_NAMES)}")
+
+
+def cache_policy_from_text(text: str, chunk_frames: int = 3) -> CachePolicy:
+    """A policy from its text form: a name, or a name and keyword integers ('deep_forcing:sink_frames=12,budget_frames=18')."""
+    name, _, rest = text.strip().partition(":")
+    params = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"cache policy parameters are name=integer pairs separated by commas, got {item!r} "
+                             f"in {text!r} (e.g. 'deep_forcing:sink_frames=12,budget_frames=18')")
+        params[key.strip()] = int(value)
+    return cache_policy(name.strip(), chunk_frames, **params)
 
 
 @dataclass(frozen=True)
@@ -68,6 +151,8 @@ class CacheFullError(RuntimeError):
 
 class KVCache:
     """K/V buffers [layers, B, slots, heads, head_dim] for one stream, allocated once."""
+
+    supports_recache = True  # a prompt switch can recompute the window's K/V (see WanStream.set_prompt)
 
     def __init__(self, policy: CachePolicy, *, chunk_frames: int, tokens_per_frame: int, num_layers: int,
                  batch: int, num_heads: int, head_dim: int, max_frames: int = None, dtype=torch.bfloat16,
@@ -92,6 +177,10 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes held by the K and V buffers."""
         return self.keys.nbytes + self.values.nbytes
+
+    def chunk_rope(self, head_dim: int, start_frame: int, grid: tuple, device=None) -> RotaryTable:
+        """The RoPE of a chunk's queries and keys: absolute positions (keys are cached rotated)."""
+        return RotaryTable.for_grid(head_dim, start_frame, *grid, device=device)
 
     def frame_slot(self, frame: int) -> int:
         """The buffer slot (in frames) that holds `frame`."""

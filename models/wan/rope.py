@@ -65,6 +65,14 @@ class RotaryTable:
         frames = torch.arange(start_frame, start_frame + num_frames, device=device)  # built on the device: no copy
         return cls(rope_angles(head_dim, frames, height, width))
 
+    def apply_to_keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate the keys of self-attention (a cache that rotates keys itself leaves them raw; see long_horizon)."""
+        return self.apply(x)
+
+    def plain(self) -> "RotaryTable":
+        """This table rotating queries and keys alike (for attention without a cache, e.g. the VACE blocks)."""
+        return self
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x [B, L, heads, head_dim] (computed in float32, returned in x's dtype)."""
         pairs = x.float().unflatten(-1, (-1, 2))

@@ -14,7 +14,8 @@ import torch
 from ..memory import state_nbytes
 from .attention import attention
 from .fast_path import ChunkGraphs
-from .kv_cache import CachePolicy, KVCache, cache_policy
+from .kv_cache import CachePolicy, cache_policy
+from .long_horizon import build_cache
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
 from .vace import VaceInput, combine_hints, vace_hints  # noqa: F401 (VaceInput: part of this API)
@@ -67,9 +68,10 @@ class WanStream:
         self.tokens_per_frame = self.grid[1] * self.grid[2]
         self.sigmas = sigma_schedule(c.steps, c.warp_steps, c.shift)
         mc = model.config
-        self.cache = KVCache(c.policy, chunk_frames=c.chunk_frames, tokens_per_frame=self.tokens_per_frame,
-                             num_layers=mc.num_layers, batch=c.batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
-                             max_frames=c.max_frames, dtype=self.dtype, device=self.device)
+        self.cache = build_cache(c.policy, frame_grid=self.grid[1:], chunk_frames=c.chunk_frames,
+                                 tokens_per_frame=self.tokens_per_frame, num_layers=mc.num_layers, batch=c.batch,
+                                 num_heads=mc.num_heads, head_dim=mc.head_dim, max_frames=c.max_frames,
+                                 dtype=self.dtype, device=self.device)
         self.cache.backend = model.attention_backend
         self.generator = torch.Generator(device=self.device)
         self._noise = torch.empty(self.latent_shape, dtype=torch.float32, device=self.device)
@@ -105,7 +107,8 @@ class WanStream:
         """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks.
 
         Mid-stream, `recache` recomputes the cached frames' K/V from their clean latents under the new prompt
-        before the next chunk (config.recache says how; see `_recache_longlive`).
+        before the next chunk (config.recache says how; see `_recache_longlive`). A cache that keeps no fixed
+        frame set (deep_forcing) does not re-cache: the new prompt acts from the next chunk.
         """
         if text.shape[0] not in (1, self.config.batch):
             raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
@@ -113,7 +116,7 @@ class WanStream:
             base, vace = self.model.text_kv(text.to(self.device).expand(self.config.batch, -1, -1))
         self.text_kv = (base, vace)
         self.prompt_version += 1
-        self._recache_pending = recache and self.frames_done > 0
+        self._recache_pending = recache and self.frames_done > 0 and self.cache.supports_recache
 
     def set_seed(self, seed: int) -> None:
         """Draw the noise of the next chunks from `seed` (chunk i uses chunk_seed(seed, i)); nothing restarts."""
@@ -160,8 +163,8 @@ class WanStream:
         slots = self.cache.slots(frames.start, len(frames))
         attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
         latents = torch.cat([self.history[:, :, slot:slot + n] for _, slot, n in self.cache.frame_slot_runs(slots)], 2)
-        rope = RotaryTable.for_grid(self.model.config.head_dim, frames.start, len(frames), *self.grid[1:],
-                                    device=self.device)
+        rope = self.cache.chunk_rope(self.model.config.head_dim, frames.start, (len(frames), *self.grid[1:]),
+                                     device=self.device)
         self._forward(latents, len(self.sigmas), attends, rope, (), need_output=False)
 
     def _recache_chunkwise(self) -> None:
@@ -207,7 +210,7 @@ class WanStream:
         self._commit(slots, clean)
 
     def _rope(self, start_frame: int) -> RotaryTable:
-        return RotaryTable.for_grid(self.model.config.head_dim, start_frame, *self.grid, device=self.device)
+        return self.cache.chunk_rope(self.model.config.head_dim, start_frame, self.grid, device=self.device)
 
     def _check_vace(self, vace) -> list:
         if not vace:
@@ -237,7 +240,7 @@ class WanStream:
         e, e0 = self._time[step] if time is None else time
         text_kv = self.text_kv if text_kv is None else text_kv
         tokens = self.model.patchify(x)
-        hints = self._hints(vace, tokens, e0, rope, text_kv) if vace else None
+        hints = self._hints(vace, tokens, e0, rope.plain(), text_kv) if vace else None
         out = self.model.run_blocks(tokens, e0, text_kv[0], rope, attends, hints)
         # the cache pass only writes K/V: its velocity would be thrown away
         return self.model.unpatchify(self.model.head(out, e), self.grid) if need_output else None
