@@ -5,8 +5,11 @@ previous frames, RNG cursor, ...) here, never in class attributes, so that N que
 stream. Entries are recreated when their signature (model, resolution, seed, ...) changes.
 """
 
+import gc
 import threading
 from typing import Any, Callable, Hashable
+
+import torch
 
 
 class StreamRegistry:
@@ -22,17 +25,38 @@ class StreamRegistry:
         entry = self._entries.get(stream_id)
         return None if entry is None else entry[1]
 
+    def replaced(self, stream_id: str, signature: Hashable):
+        """The state that get_or_create(stream_id, signature, ...) would replace, or None."""
+        entry = self._entries.get(stream_id)
+        return None if entry is None or entry[0] == signature else entry[1]
+
     def get_or_create(self, stream_id: str, signature: Hashable, factory: Callable[[], Any]):
-        """The stream's state; a fresh one from `factory` if absent or if its signature changed."""
+        """The stream's state; a fresh one from `factory` if absent or if its signature changed.
+
+        The old state is replaced only once `factory()` succeeded: a run that fails (bad settings, a failed
+        allocation) never loses the stream it names. Validate settings before calling this, so the common
+        failures cost nothing; only when the new state does not fit beside the old one (out of memory) is
+        the old one freed first and the creation tried once more.
+        """
         if not stream_id:
             raise ValueError(f"{self.kind} stream id must not be empty: name the stream (e.g. 'main').")
         with self._lock:
             entry = self._entries.get(stream_id)
-            if entry is None or entry[0] != signature:
-                self._entries.pop(stream_id, None)  # free the old state before allocating the new one
-                entry = (signature, factory())
-                self._entries[stream_id] = entry
-            return entry[1]
+            if entry is not None and entry[0] == signature:
+                return entry[1]
+            try:
+                state = factory()
+            except (MemoryError, torch.OutOfMemoryError):
+                if entry is None:
+                    raise
+                self._entries.pop(stream_id, None)  # the new state needs the old one's memory
+                entry = None
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                state = factory()
+            self._entries[stream_id] = (signature, state)
+            return state
 
     def reset(self, stream_id: str) -> bool:
         """Forget a stream; True if it existed."""

@@ -11,12 +11,12 @@ from ..models.wan.kv_cache import cache_policy as make_cache_policy
 from ..models.vae.latent_format import latents_to_comfy
 from ..models.wan.sampler import sigma_schedule
 from ..models.wan.stream import StreamConfig
-from ..models.wan.stream_session import TIMINGS, Control, StreamSession
+from ..models.wan.stream_session import TIMINGS, Control, StreamSession, check_run
 from ..models.wan.vace_context import pixel_frame_start
 from ..models.wan.checkpoint import load_wan_model
 from . import host
 from .model_cache import cached, file_key
-from .convert import image_to_video, mask_to_video
+from .convert import conditioning_to_embedding, image_to_video, mask_to_video
 from .streams import registry
 from .types import DTYPES, VAE_TYPE
 
@@ -179,17 +179,22 @@ class StreamVACESampler:
         step_list = tuple(float(s) for s in steps.split(","))
         config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
                               warp_steps=warp_steps, seed=seed)
+        prompt, controls = conditioning_to_embedding(positive), list(control or ())
         streams = registry("wan")
+        model_key = getattr(model, "streamvace_key", id(model))
+        current = streams.get(stream_id)
+        replacing = current if reset else streams.replaced(stream_id, (model_key, config))
+        check_run(model, config, prompt, chunks, controls, vae, new_stream=current is None or replacing is not None,
+                  replacing=replacing)  # a failed check changes nothing
         if reset:
             streams.reset(stream_id)
-        model_key = getattr(model, "streamvace_key", id(model))
         session = streams.get_or_create(stream_id, (model_key, config), lambda: StreamSession(model, config, vae))
         session.use_model(model)
         session.use_vae(vae)
-        session.set_prompt(positive[0][0])
+        session.set_prompt(prompt)
         progress = host.Progress(chunks * (len(step_list) + 1))
         first_frame = session.stream.frames_done
-        latents = session.generate(chunks, control or (), on_step=lambda i, n: progress.update(1))
+        latents = session.generate(chunks, controls, on_step=lambda i, n: progress.update(1))
         # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills
         # in chunks that a failed or interrupted run generated but never delivered (see stream_latents)
         return ({**latents_to_comfy(latents), "stream_id": stream_id, "stream_frame": first_frame},)

@@ -14,6 +14,8 @@ or interrupted call leaves the stream exactly as it was.
 
 import torch
 
+from ..checks import check_finite, check_values
+
 from .latent_format import LATENT_CHANNELS, check_latents
 
 SPATIAL_FACTOR = 8
@@ -131,6 +133,18 @@ def check_video_chunk(video: torch.Tensor, first_chunk: bool) -> None:
         raise ValueError(
             f"after the first chunk every chunk must have a positive multiple of 4 frames, got {frames}. "
             "Send 4, 8, 12, ... frames, or reset the stream to start a new clip.")
+
+
+def check_video_values(video: torch.Tensor) -> None:
+    """Raise a clear error unless the frames are finite and in [-1, 1] (one host sync: call once per call)."""
+    check_values(video, "the video frames given to the VAE", -1.0, 1.0,
+                 "the VAE takes video in [-1, 1] (ComfyUI IMAGE in [0, 1] converts as x * 2 - 1)")
+
+
+def check_latent_values(latents: torch.Tensor) -> None:
+    """Raise a clear error if the latents hold NaN or infinite values (one host sync: call once per call)."""
+    check_finite(latents, "the latents given to the VAE decoder",
+                 "the sampler or a node before the decoder produced them; NaN latents decode to black frames")
 
 
 def check_latent_chunk(latents: torch.Tensor) -> None:

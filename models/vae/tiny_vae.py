@@ -26,10 +26,10 @@ Conventions, and how they are matched to the Wan VAE (see models/vae/cache.py):
 import torch
 import torch.nn as nn
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, check_finite_weights, key_summary, read_checkpoint
 from .latent_format import LATENT_CHANNELS
 from .cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, VAECache, begin_call, check_latent_chunk,
-                        check_video_chunk)
+                    check_latent_values, check_video_chunk, check_video_values)
 from .checkpoints import vae_state_dict, wrong_file
 
 EXPECTED_FILE = "a TAEHV tiny VAE for Wan2.1 (taew2_1.pth or taew2_1.safetensors)"
@@ -152,10 +152,12 @@ class TinyVAE(nn.Module):
         return x
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
         cache = self.new_encoder_cache() if cache is None else cache
         check_video_chunk(video, cache.first_chunk)
+        if check_inputs:  # check_inputs=False: a caller that checked its inputs once per call (no sync per chunk)
+            check_video_values(video)
         x = video.to(device=self.device, dtype=self.dtype)
         shape, step = begin_call(cache, self._owner, "encoder", x)
         if step.first:  # 3 copies of frame 0 in front: latent 0 = frame 0, latent i = frames 4i-3 .. 4i
@@ -168,10 +170,12 @@ class TinyVAE(nn.Module):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
         cache = self.new_decoder_cache() if cache is None else cache
         check_latent_chunk(latents)
+        if check_inputs:
+            check_latent_values(latents)
         x = latents.to(device=self.device, dtype=self.dtype)
         shape, step = begin_call(cache, self._owner, "decoder", x)
         batch, channels, frames, height, width = x.shape
@@ -219,4 +223,6 @@ def load_tiny_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -
             f"{key_summary(missing) or 'none'}; unexpected {key_summary(unexpected) or 'none'}; wrong shapes "
             f"{key_summary(mismatched) or 'none'}. Use taew2_1.pth or taew2_1.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
-    return vae.to(device=device, dtype=dtype).eval()
+    vae = vae.to(device=device, dtype=dtype).eval()
+    check_finite_weights(vae.named_parameters(), path)
+    return vae

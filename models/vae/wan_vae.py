@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import CheckpointError, check_finite_weights, key_summary, read_checkpoint
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
 from .cache import (SPATIAL_FACTOR, TEMPORAL_FACTOR, VAECache, begin_call, check_latent_chunk,
-                        check_video_chunk)
+                    check_latent_values, check_video_chunk, check_video_values)
 from .checkpoints import vae_state_dict, wrong_file
 from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
 
@@ -141,10 +141,12 @@ class WanVAE(nn.Module):
         return VAECache(self._owner, "decoder", self._decoder_slots, mid_stream=mid_stream)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
         cache = self.new_encoder_cache() if cache is None else cache
         check_video_chunk(video, cache.first_chunk)
+        if check_inputs:  # check_inputs=False: a caller that checked its inputs once per call (no sync per chunk)
+            check_video_values(video)
         x = video.to(device=self.device, dtype=self.dtype)
         shape, step = begin_call(cache, self._owner, "encoder", x)
         pieces = []
@@ -161,10 +163,12 @@ class WanVAE(nn.Module):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
         cache = self.new_decoder_cache() if cache is None else cache
         check_latent_chunk(latents)
+        if check_inputs:
+            check_latent_values(latents)
         raw = denormalize_latents(latents.to(device=self.device, dtype=torch.float32)).to(self.dtype)
         shape, step = begin_call(cache, self._owner, "decoder", raw)
         x = self.conv2(raw)
@@ -231,4 +235,6 @@ def load_wan_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") ->
             f"wrong shapes {key_summary(mismatched) or 'none'}. The file is damaged or a variant StreamVACE does "
             "not know; use Wan2.1_VAE.pth or wan_2.1_vae.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
-    return vae.to(device=device, dtype=dtype).eval()
+    vae = vae.to(device=device, dtype=dtype).eval()
+    check_finite_weights(vae.named_parameters(), path)
+    return vae

@@ -13,6 +13,7 @@ import torch
 from .attention import attention
 from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
+from .stream_checks import check_config, check_prompt
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
 from .vace import combine_hints, vace_hints
 from .dit import WanDiT
@@ -55,10 +56,7 @@ class WanStream:
         self.model = model
         param = model.head.head.weight
         self.device, self.dtype = param.device, param.dtype
-        if c.height % 16 or c.width % 16 or c.height <= 0 or c.width <= 0:
-            raise ValueError(f"height and width must be positive multiples of 16, got {c.height}x{c.width}")
-        if c.chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {c.chunk_frames}")
+        check_config(c)
         self.latent_shape = (c.batch, model.config.in_dim, c.chunk_frames, c.height // VAE_SPATIAL, c.width // VAE_SPATIAL)
         self.grid = model.token_grid(self.latent_shape)
         self.tokens_per_frame = self.grid[1] * self.grid[2]
@@ -91,8 +89,7 @@ class WanStream:
         Mid-stream, `recache` (LongLive) recomputes the window's K/V from its clean latents under the new
         prompt before the next chunk; the sink keeps the old prompt's K/V (LongLive's global sink).
         """
-        if text.shape[0] not in (1, self.config.batch):
-            raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
+        check_prompt(text, self.model, self.config.batch)  # once per prompt, not per chunk
         with torch.inference_mode():
             base, vace = self.model.text_kv(text.to(self.device).expand(self.config.batch, -1, -1))
         self.text_kv = (base, vace)
