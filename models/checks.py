@@ -11,15 +11,12 @@ TOLERANCE = 0.02  # resampling filters overshoot [0, 1] / [-1, 1] by a little; l
 
 
 def value_summary(tensor: torch.Tensor) -> tuple:
-    """(all finite, min, max) of a tensor with one host sync; min / max over the finite values only."""
+    """(all finite, min, max) of a tensor with one host sync (min / max are only meaningful when finite)."""
     x = tensor.detach()
     if not x.is_floating_point():
         x = x.float()
-    finite = torch.isfinite(x)
-    big = torch.finfo(x.dtype).max
-    low = torch.where(finite, x, big).amin()
-    high = torch.where(finite, x, -big).amax()
-    ok, low, high = torch.stack([finite.all().to(low.dtype), low, high]).float().tolist()
+    low, high = torch.aminmax(x)  # no full-size temporaries: control videos can be long
+    ok, low, high = torch.stack([torch.isfinite(x).all().to(low.dtype), low, high]).float().tolist()
     return bool(ok), low, high
 
 
@@ -43,6 +40,6 @@ def check_values(tensor: torch.Tensor, what: str, low: float, high: float, fix: 
     slack = TOLERANCE * (high - low)
     if lo < low - slack or hi > high + slack:
         hint = fix
-        if 2 * high + 1 < hi <= 256.0:
+        if high > 0 and 10 * high < hi <= 512 * high:  # 0..255 pixels, also after an x * 2 - 1 conversion
             hint = f"they look like 8-bit values 0..255: divide by 255 first. {fix}".strip()
         raise ValueError(f"{what} has values from {lo:.4g} to {hi:.4g}, outside [{low:g}, {high:g}]; {hint}".rstrip("; "))

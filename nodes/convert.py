@@ -39,6 +39,7 @@ def conditioning_to_embedding(conditioning) -> torch.Tensor:
                          "to 'positive'")
     entry = conditioning[0]
     if not isinstance(entry, (list, tuple)) or not entry or not isinstance(entry[0], torch.Tensor):
-        raise ValueError(f"the CONDITIONING input is not ComfyUI conditioning ([[embedding, {{...}}]]), its first entry "
-                         f"is {type(entry).__name__}; connect a CLIPTextEncode to 'positive'")
+        found = type(entry[0] if isinstance(entry, (list, tuple)) and entry else entry).__name__
+        raise ValueError(f"the CONDITIONING input is not ComfyUI conditioning ([[embedding tensor, {{...}}]]): it holds "
+                         f"a {found} where the embedding should be; connect a CLIPTextEncode to 'positive'")
     return entry[0]

@@ -140,7 +140,7 @@ class StreamVACEDreamLiteStylize:
         options = StylizeOptions(prompt, steps, te_refresh_every, te_batch_one, cond_refresh_every,
                                  lllite_strength, fixed_noise)
         options.validate()
-        check_frames(images[..., :3])
+        check_frames(images, alpha=True)
         stylizer = dreamlite.stylizer(width, height, batch_size)  # checks the sizes
         registry = streams.registry("dreamlite")  # only now, every check passed, may the stream change
         if reset:

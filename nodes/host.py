@@ -6,7 +6,9 @@ scripts, the CLI) they fall back to a plain models directory (STREAMVACE_MODELS_
 """
 
 import importlib
+import logging
 import os
+import time
 
 import torch
 
@@ -106,15 +108,29 @@ def check_interrupted() -> None:
         model_management.throw_exception_if_processing_interrupted()
 
 
-class Progress:
-    """A progress bar shown on the node in ComfyUI (silent outside it); also checks for Cancel."""
+SLOW_STEP_SECONDS = 5.0  # steps slower than this are also reported in the console (the bar alone looks stuck)
 
-    def __init__(self, total: int):
+
+class Progress:
+    """A progress bar shown on the node in ComfyUI; also checks for Cancel. On slow devices (steps over
+    SLOW_STEP_SECONDS) each step is logged with the time left, inside and outside ComfyUI."""
+
+    def __init__(self, total: int, what: str = "StreamVACE"):
         utils = _comfy("comfy.utils")
         self._bar = utils.ProgressBar(total) if utils is not None and inside_comfyui() else None
+        self.total, self.done, self.what = total, 0, what
+        self._start = self._last = time.monotonic()
 
     def update(self, steps: int = 1) -> None:
         """Advance by `steps` and raise if the user interrupted."""
         check_interrupted()
+        self.done += steps
         if self._bar is not None:
             self._bar.update(steps)
+        now = time.monotonic()
+        if now - self._last > SLOW_STEP_SECONDS * steps:
+            left = (now - self._start) / self.done * max(0, self.total - self.done)
+            logging.getLogger("streamvace").warning("%s: step %d of %d took %.0f s (about %.0f s left); a smaller size "
+                                                    "or a GPU is faster", self.what, self.done, self.total,
+                                                    now - self._last, left)
+        self._last = now

@@ -9,7 +9,7 @@ import torch
 from ..models.wan import attention as attention_backends
 from ..models.wan.kv_cache import cache_policy as make_cache_policy
 from ..models.vae.latent_format import latents_to_comfy
-from ..models.wan.sampler import sigma_schedule
+from ..models.wan.sampler import parse_steps
 from ..models.wan.stream import StreamConfig
 from ..models.wan.stream_session import TIMINGS, Control, StreamSession, check_run
 from ..models.wan.vace_context import pixel_frame_start
@@ -168,15 +168,15 @@ class StreamVACESampler:
     def VALIDATE_INPUTS(cls, steps):  # naming only `steps` keeps ComfyUI's own range checks on the other inputs
         """Reject a steps string that is not a decreasing list of numbers in (0, 1000]."""
         try:
-            sigma_schedule([float(s) for s in steps.split(",")])
+            parse_steps(steps)
         except ValueError as error:
-            return f"steps must be comma-separated numbers decreasing within (0, 1000], got {steps!r} ({error})"
+            return str(error)
         return True
 
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
                warp_steps, vae=None, control=None):
         """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
-        step_list = tuple(float(s) for s in steps.split(","))
+        step_list = parse_steps(steps)
         config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
                               warp_steps=warp_steps, seed=seed)
         prompt, controls = conditioning_to_embedding(positive), list(control or ())
@@ -192,7 +192,7 @@ class StreamVACESampler:
         session.use_model(model)
         session.use_vae(vae)
         session.set_prompt(prompt)
-        progress = host.Progress(chunks * (len(step_list) + 1))
+        progress = host.Progress(chunks * (len(step_list) + 1), "Stream Sampler")
         first_frame = session.stream.frames_done
         latents = session.generate(chunks, controls, on_step=lambda i, n: progress.update(1))
         # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills

@@ -80,12 +80,15 @@ class _Prefetched:
     ready: object
 
 
-def check_frames(frames: torch.Tensor) -> None:
-    """Raise ValueError unless `frames` is a finite IMAGE batch [T, H, W, 3] in [0, 1] (one host sync)."""
-    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+def check_frames(frames: torch.Tensor, alpha: bool = False) -> None:
+    """Raise ValueError unless `frames` is a finite IMAGE batch [T, H, W, 3] (or 4 with `alpha`) in [0, 1]
+    (one host sync)."""
+    channels = (3, 4) if alpha else (3,)
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in channels \
+            or frames.shape[0] == 0:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         hint = (" (channels first? ComfyUI IMAGE is channels-last)" if isinstance(frames, torch.Tensor)
-                and frames.ndim == 4 and frames.shape[1] == 3 else "")
+                and frames.ndim == 4 and frames.shape[1] in channels else "")
         raise ValueError(f"expected IMAGE frames [frames, height, width, 3] with at least one frame, got {shape}{hint}")
     check_values(frames, "the frames to stylize", 0.0, 1.0, "IMAGE frames are RGB in [0, 1]")
 

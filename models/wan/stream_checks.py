@@ -17,8 +17,9 @@ VAE_SPATIAL = 8
 ACTIVATION_COPIES = 8  # float32 copies of the chunk's hidden states alive at once in a block (x, norm, q, k, v, ...)
 
 
-def _nearest_size(value: int) -> int:
-    return max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+def _nearest_sizes(value) -> str:
+    lower = max(SIZE_MULTIPLE, int(value) // SIZE_MULTIPLE * SIZE_MULTIPLE) if isinstance(value, int) else 480
+    return f"{lower} or {lower + SIZE_MULTIPLE}"
 
 
 def check_config(config) -> None:
@@ -28,7 +29,7 @@ def check_config(config) -> None:
         value = getattr(c, name)
         if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
             raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE} (the VAE's 8 x the DiT's 2x2 "
-                             f"patches), got {value!r}; use e.g. {_nearest_size(value if isinstance(value, int) else 0)}")
+                             f"patches), got {value!r}; use e.g. {_nearest_sizes(value)}")
     if not isinstance(c.chunk_frames, int) or c.chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive number of latent frames (3 in every released model), "
                          f"got {c.chunk_frames!r}")
@@ -123,6 +124,9 @@ def check_control_input(name: str, value: torch.Tensor) -> None:
     if value.numel() == 0:
         raise ValueError(f"{what} is empty (shape {tuple(value.shape)}); give at least one frame or leave it out")
     channel_axis = 1 if name == "references" else 0
+    if name == "references" and value.ndim == 3:
+        raise ValueError(f"{what} is a single image {tuple(value.shape)}; references are {layout}: add the count "
+                         "axis (images[None])")
     if value.ndim == ndim - 1:
         fix = ("add the channel axis: mask[None] for a [frames, height, width] mask" if name == "mask" else
                f"add the channel axis ({layout})")
