@@ -59,7 +59,7 @@ def models(models_dir, monkeypatch):
 
 def _args(model, **overrides):
     args = dict(model=model, positive=[[PROMPT, {}]], stream_id="s", reset=False, width=W, height=H, chunks=1,
-                seed=3, cache_policy="longlive", steps="1000,500", warp_steps=True)
+                seed=3, cache_policy="longlive", steps="1000", warp_steps=True)
     args.update(overrides)
     return args
 
@@ -183,8 +183,8 @@ def test_wan_stream_refuses_a_bad_prompt_and_keeps_the_old_one(models, text, wor
 
 
 @pytest.mark.parametrize("config, words", [
-    (dict(width=40), "width must be a positive multiple of 16"),
-    (dict(height=-16), "height must be a positive multiple of 16"),
+    (dict(width=40), "multiples of 16 .*width is 40.*32 or 48"),
+    (dict(height=-16), "multiples of 16 .*height is -16"),
     (dict(chunk_frames=0), "chunk_frames"),
     (dict(batch=0), "batch must be at least 1"),
     (dict(seed=-1), "seed must be a non-negative"),
@@ -273,7 +273,6 @@ def test_the_context_builder_refuses_cpu_frames_out_of_range(vaes):
     builder = VaceContextBuilder(vaes["wan"], H, W)
     with pytest.raises(ValueError, match=r"control frames .*0\.\.255"):
         builder.context_for_chunk(frames=torch.full((1, 3, 9, H, W), 200.0))
-    builder = VaceContextBuilder(vae, H, W)
     with pytest.raises(ValueError, match=r"control mask .*outside \[0, 1\]"):
         builder.context_for_chunk(mask=torch.full((1, 1, 9, H, W), 3.0))
     assert builder.chunks == 0 and builder.inactive.first_chunk
@@ -334,7 +333,8 @@ LORA_CASES = [  # (make the LoRA from the model's state dict, words)
     (lambda sd: {k: v for k, v in _lora(sd, "blocks.1.ffn.2").items() if "lora_A" in k}, ["only lora_A", "incomplete"]),
     (lambda sd: wan_vae_state_dict(seed=0), ["no LoRA layers", "a Wan VAE"]),
     (lambda sd: tiny_model().state_dict(), ["no LoRA layers", "a Wan2.1 DiT"]),
-    (lambda sd: _lora(sd, "blocks.9.ffn.0"), ["match no layer", "blocks.9.ffn.0"]),
+    (lambda sd: {k.replace("blocks.0.", "blocks.9."): v for k, v in _lora(sd, "blocks.0.ffn.0").items()},
+     ["match no layer", "blocks.9.ffn.0"]),
     (lambda sd: {k: v * float("nan") for k, v in _lora(sd, "blocks.0.ffn.0").items()}, ["NaN"]),
 ]
 
@@ -510,7 +510,7 @@ DREAMLITE_CASES = [  # (frames from good frames, overrides, words)
 
 @pytest.mark.parametrize("bad, overrides, words", DREAMLITE_CASES, ids=[f"dreamlite{i}" for i in range(len(DREAMLITE_CASES))])
 def test_bad_dreamlite_input_neither_fails_silently_nor_poisons_the_stream(dreamlite, bad, overrides, words):
-    frames = _frames(6)
+    frames = _frames(4)
     if "dreamlite" not in _REFERENCE:
         _REFERENCE["dreamlite"] = _stylize(dreamlite, frames, "reference", reset=True)
     reference = _REFERENCE["dreamlite"]

@@ -28,8 +28,8 @@ def check_config(config) -> None:
     for name in ("height", "width"):
         value = getattr(c, name)
         if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-            raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE} (the VAE's 8 x the DiT's 2x2 "
-                             f"patches), got {value!r}; use e.g. {_nearest_sizes(value)}")
+            raise ValueError(f"height and width must be positive multiples of {SIZE_MULTIPLE} (the VAE's 8 x the DiT's "
+                             f"2x2 patches), but {name} is {value!r}: use e.g. {_nearest_sizes(value)}")
     if not isinstance(c.chunk_frames, int) or c.chunk_frames < 1:
         raise ValueError(f"chunk_frames must be a positive number of latent frames (3 in every released model), "
                          f"got {c.chunk_frames!r}")

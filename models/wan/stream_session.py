@@ -125,6 +125,8 @@ class StreamSession:
 
     def set_prompt(self, text: torch.Tensor) -> None:
         """Use this prompt from the next chunk on (a no-op when it is unchanged)."""
+        if not isinstance(text, torch.Tensor):
+            check_prompt(text, self.stream.model, self.config.batch)
         if self._prompt is None or self._prompt.shape != text.shape or not torch.equal(self._prompt, text):
             self.stream.set_prompt(text)
             self._prompt = text.clone()
