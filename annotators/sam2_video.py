@@ -123,8 +123,9 @@ class Sam2VideoAnnotator:
         self.mask_threshold = mask_threshold
         config = model.config
         self.image_size = int(config.image_size if isinstance(config.image_size, int) else config.image_size[0])
-        # frames whose outputs SAM2 may still read: memories of the last num_maskmem-1, pointers of the last 15
-        self.window = max(int(config.num_maskmem), int(config.max_object_pointers_in_encoder))
+        # frames whose outputs SAM2 may still read: memories of the last num_maskmem-1, pointers of the last
+        # max_object_pointers_in_encoder-1 (transformers' _gather_memory_frame_outputs / _get_object_pointers)
+        self.window = max(int(config.num_maskmem), int(config.max_object_pointers_in_encoder)) - 1
         self.session, self.next_frame, self.frame_size = None, 0, None
 
     def reset(self) -> None:

@@ -1,29 +1,35 @@
 """GPU benchmark of the streaming engine: the full Wan2.1-VACE-1.3B DiT (random weights), chunk after chunk.
 
-Times the DiT part of each chunk (4 denoising steps + the t = 0 cache pass; VAE decode excluded) at
-480x832 and 368x640, T2V and with one VACE control, after the rolling window is full (constant cost).
-The timed chunks run under torch.cuda.set_sync_debug_mode("error"), so any host sync in the chunk loop
-fails the benchmark, and the allocator's cudaMalloc count must not change between timed chunks.
+Per size (480x832, 368x640) and control (T2V, one VACE control) it times the DiT part of each chunk
+(4 denoising steps + the t = 0 cache pass) once the rolling window is full (constant cost), on the eager
+path and on the fast path (compiled block regions + CUDA-graph replays), in the same process. The fast
+path's timed chunks run under torch.cuda.set_sync_debug_mode("error") and must not recompile (Dynamo's
+counters) nor add cudaMalloc segments. It also checks that the fast path equals the eager path on the same
+weights and noise (across a ring wrap), measures FP8 against bf16, the end-to-end chunk (control frames on
+the CPU -> VAE encode -> DiT -> VAE decode -> frames on the CPU), and writes results.json and summary.json.
 
     python benchmarks/bench_engine.py --out DIR            # on a GPU
     python benchmarks/bench_engine.py --smoke              # tiny model on the CPU, to check the script
 """
 
 import argparse
+import copy
 import datetime
 import json
 import os
+import subprocess
 import time
 
 import torch
 
+from streamvace.models.vae.tiny_vae import TinyVAE
+from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig
+from streamvace.models.wan.dit import WanConfig, WanDiT
+from streamvace.models.wan.fast_path import compile_blocks, uncompile_blocks
+from streamvace.models.wan.fp8 import quantize_blocks_fp8
 from streamvace.models.wan.kv_cache import cache_policy
 from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.stream_session import Control, StreamSession
-from streamvace.models.vae.tiny_vae import TinyVAE
-from streamvace.models.wan.vace_reference import VaceReference
-from streamvace.models.wan.dit import WanConfig, WanDiT
-from streamvace.models.vae.wan_vae import WanVAE, WanVAEConfig
 
 FULL = WanConfig(num_vace_blocks=15)  # Wan2.1-VACE-1.3B: dim 1536, 30 blocks, 15 VACE blocks
 SMOKE = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, num_vace_blocks=2)
@@ -31,6 +37,7 @@ SMOKE = WanConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=4, num_vace_bloc
 
 def build_model(config: WanConfig, device, dtype) -> WanDiT:
     """A randomly initialised DiT straight on the device (speed does not depend on the weight values)."""
+    torch.manual_seed(0)
     with torch.device(device):
         model = WanDiT(config)
     return model.to(dtype).eval().requires_grad_(False)
@@ -40,22 +47,44 @@ def _segments():
     return torch.cuda.memory_stats().get("segment.all.allocated", 0) if torch.cuda.is_available() else 0
 
 
-def time_stream(model, height, width, vace, warmup, chunks, policy):
-    """Mean / p50 / max ms per chunk over `chunks` chunks after `warmup` chunks, and the memory it took."""
-    device, dtype = model.head.head.weight.device, model.dtype
-    stream = WanStream(model, StreamConfig(height=height, width=width, policy=cache_policy(policy), seed=1))
-    stream.set_prompt(torch.randn(1, 512, model.config.text_dim, device=device, dtype=dtype))
-    context = torch.randn(1, model.config.vace_in_dim, 3, height // 8, width // 8, device=device)
-    reference = None
-    if vace == "reference":  # two reference images in the VACE branch, their K/V computed once
-        reference = VaceReference(stream, torch.randn(1, model.config.in_dim, 2, height // 8, width // 8, device=device))
-    controls = [VaceInput(context, 1.0, reference)] if vace else ()
-    for _ in range(warmup):
-        stream.next_chunk(controls)
+def _graphs_count():
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def new_stream(model, height, width, fast, policy="longlive", seed=1):
+    """A stream with a random prompt; `fast` = CUDA-graph replays (the model's blocks compiled or not)."""
+    device = model.head.head.weight.device
+    stream = WanStream(model, StreamConfig(height=height, width=width, policy=cache_policy(policy), seed=seed),
+                       cuda_graphs=fast and device.type == "cuda")
+    g = torch.Generator(device).manual_seed(5)
+    stream.set_prompt(torch.randn(1, 512, model.config.text_dim, device=device, dtype=model.dtype, generator=g))
+    return stream
+
+
+def _controls(model, height, width, vace):
+    if not vace:
+        return ()
+    device = model.head.head.weight.device
+    g = torch.Generator(device).manual_seed(6)
+    context = torch.randn(1, model.config.vace_in_dim, 3, height // 8, width // 8, device=device, generator=g)
+    return [VaceInput(context, 1.0)]
+
+
+def time_stream(model, height, width, vace, warmup, chunks, fast, policy="longlive"):
+    """ms per chunk over `chunks` chunks after `warmup` chunks, with the checks named in the module docstring."""
+    device = model.head.head.weight.device
     cuda = device.type == "cuda"
-    times, segments_before = [], _segments()
+    stream = new_stream(model, height, width, fast, policy)
+    controls = _controls(model, height, width, vace)
+    warmup_ms = []
+    for _ in range(warmup):  # the first chunks fill the cache (eager); the first steady one captures the graphs
+        t0 = time.perf_counter()
+        stream.next_chunk(controls)
+        if cuda:
+            torch.cuda.synchronize()
+        warmup_ms.append(round((time.perf_counter() - t0) * 1000, 1))
+    times, segments_before, graphs_before = [], _segments(), _graphs_count()
     if cuda:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.set_sync_debug_mode("error")
     try:
@@ -67,95 +96,277 @@ def time_stream(model, height, width, vace, warmup, chunks, policy):
                 end.record()
                 times.append((start, end))
             else:
-                t0 = time.perf_counter()
+                t = time.perf_counter()
                 stream.next_chunk(controls)
-                times.append(time.perf_counter() - t0)
+                times.append(time.perf_counter() - t)
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode("default")
     if cuda:
         torch.cuda.synchronize()
-        ms = sorted(s.elapsed_time(e) for s, e in times)
+        ms = [s.elapsed_time(e) for s, e in times]
     else:
-        ms = sorted(t * 1000 for t in times)
+        ms = [t * 1000 for t in times]
+    srt = sorted(ms)
     mean = sum(ms) / len(ms)
-    frames_per_chunk = 4 * stream.config.chunk_frames
+    third = max(1, len(ms) // 3)
     return {
-        "height": height, "width": width, "vace": vace, "policy": policy,
-        "tokens_per_frame": stream.tokens_per_frame, "attended_frames": stream.cache.capacity_frames,
-        "ms_per_chunk_mean": round(mean, 2), "ms_per_chunk_p50": round(ms[len(ms) // 2], 2),
-        "ms_per_chunk_max": round(ms[-1], 2), "fps": round(frames_per_chunk / (mean / 1000), 2),
+        "height": height, "width": width, "vace": bool(vace), "policy": policy, "fast": fast,
+        "compiled": bool(getattr(model, "compiled", False)), "fp8": bool(getattr(model, "fp8", False)),
+        "timed_chunks": chunks, "ms_per_chunk_mean": round(mean, 2), "ms_per_chunk_p50": round(srt[len(ms) // 2], 2),
+        "ms_per_chunk_max": round(srt[-1], 2), "fps": round(4 * stream.config.chunk_frames / (mean / 1000), 2),
+        "first_third_ms": round(sum(ms[:third]) / third, 2), "last_third_ms": round(sum(ms[-third:]) / third, 2),
+        "warmup_chunks_ms": warmup_ms,
+        "recompiles_while_timed": _graphs_count() - graphs_before, "host_syncs_while_timed": 0,
         "kv_cache_gib": round(stream.cache.nbytes / 2**30, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "cudamalloc_segments_added_while_timed": _segments() - segments_before,
     }
 
 
-def time_end_to_end(model, height, width, encoder, chunks, smoke):
-    """Wall-clock ms per chunk of what a user gets: VACE control frames (CPU) -> dual VAE encode -> DiT -> tiny-VAE
-    decode -> frames on the CPU. Host copies of frames are part of it, so there is no sync check here."""
+def compare_paths(model_a, model_b, height, width, vace, chunks, fast_a, fast_b):
+    """Relative difference per chunk between two streams on the same weights and noise."""
+    streams = [new_stream(m, height, width, f) for m, f in ((model_a, fast_a), (model_b, fast_b))]
+    controls = _controls(model_a, height, width, vace)
+    errors = []
+    for _ in range(chunks):
+        a, b = (s.next_chunk(controls) for s in streams)
+        errors.append(round(((a - b).float().norm() / a.float().norm()).item(), 5))
+    return errors
+
+
+def time_end_to_end(model, height, width, vace, decoder_kind, chunks, smoke, fast):
+    """Wall-clock ms per chunk of what a user gets: control frames on the CPU -> dual VAE encode -> DiT -> VAE
+    decode -> frames on the CPU (a synchronising copy, as a consumer needs the pixels)."""
     device, dtype = model.head.head.weight.device, model.dtype
     with torch.device(device):
         tiny = (TinyVAE(encoder_width=8, decoder_widths=(16, 8, 8, 8)) if smoke else TinyVAE()).to(dtype).eval()
-        wan = (WanVAE(WanVAEConfig(dim=8)) if smoke else WanVAE()).to(dtype).eval() if encoder == "wan" else tiny
-    session = StreamSession(model, StreamConfig(height=height, width=width, seed=1), wan)
+        wan = (WanVAE(WanVAEConfig(dim=8)) if smoke else WanVAE()).to(dtype).eval() if decoder_kind == "wan" else None
+    decoder = wan or tiny
+    session = StreamSession(model, StreamConfig(height=height, width=width, seed=1), tiny)
+    session.stream.cuda_graphs = fast and device.type == "cuda"
     session.set_prompt(torch.randn(1, 512, model.config.text_dim))
-    video = torch.rand(3, 9 + 12 * (chunks + 4), height, width) * 2 - 1
-    control = [Control(frames=video)]
-    decoder = tiny.new_decoder_cache()
+    video = torch.rand(3, 9 + 12 * (chunks + 6), height, width) * 2 - 1
+    controls = [Control(frames=video)] if vace else ()
+    cache = decoder.new_decoder_cache()
     times = []
-    for i in range(chunks + 4):
+    for _ in range(chunks + 6):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            frames = tiny.decode(session.generate(1, control), decoder).float().cpu()
+            frames = decoder.decode(session.generate(1, controls), cache).float().cpu()
         times.append((time.perf_counter() - t0) * 1000)
-    ms = sorted(times[4:])
+    ms = sorted(times[6:])
     mean = sum(ms) / len(ms)
-    return {"height": height, "width": width, "control_encoder": encoder, "decoder": "taew2_1",
+    return {"height": height, "width": width, "vace": bool(vace), "control_encoder": "taew2_1" if vace else None,
+            "decoder": "wan2.1" if decoder_kind == "wan" else "taew2_1", "fast": fast,
             "end_to_end_ms_per_chunk_mean": round(mean, 2), "end_to_end_ms_p50": round(ms[len(ms) // 2], 2),
             "frames_per_chunk": int(frames.shape[2]), "end_to_end_fps": round(frames.shape[2] / (mean / 1000), 2)}
 
 
+def time_session_sync_free(model, height, width, chunks):
+    """StreamSession.generate with a depth-like control whose frames start on the CPU, under sync-debug 'error'."""
+    device, dtype = model.head.head.weight.device, model.dtype
+    with torch.device(device):
+        tiny = TinyVAE().to(dtype).eval()
+    session = StreamSession(model, StreamConfig(height=height, width=width, seed=1), tiny)
+    session.set_prompt(torch.randn(1, 512, model.config.text_dim))
+    video = torch.rand(3, 9 + 12 * (chunks + 6), height, width) * 2 - 1
+    controls = [Control(frames=video)]
+    session.generate(6, controls)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(chunks):
+            session.generate(1, controls)
+        end.record()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return {"height": height, "width": width, "chunks": chunks, "host_syncs": 0,
+            "ms_per_chunk": round(start.elapsed_time(end) / chunks, 2)}
+
+
+def time_attention_kernels(height, width, device, dtype):
+    """ms of one steady-state self-attention (chunk queries over the full LongLive cache) per SDPA kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n = (height // 16) * (width // 16)
+    q = torch.randn(1, 12, 3 * n, 128, device=device, dtype=dtype)
+    k, v = (torch.randn(1, 12, 12 * n, 128, device=device, dtype=dtype) for _ in range(2))
+    out = {}
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with sdpa_kernel(backend):
+                for _ in range(3):
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                end.record()
+                torch.cuda.synchronize()
+            ms = start.elapsed_time(end) / 20
+            out[name] = {"ms": round(ms, 3), "tflops": round(4 * 12 * 3 * n * 12 * n * 128 / ms / 1e9, 1)}
+        except RuntimeError as error:
+            out[name] = {"error": str(error).splitlines()[0][:200]}
+    return out
+
+
+def profile_chunk(model, height, width, vace, out_dir):
+    """Kernel table of two steady chunks (compiled blocks, no graphs, so every kernel shows), top 25 by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stream = new_stream(model, height, width, False)
+    controls = _controls(model, height, width, vace)
+    for _ in range(5):
+        stream.next_chunk(controls)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            stream.next_chunk(controls)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    with open(os.path.join(out_dir, f"profile_{'vace' if vace else 't2v'}_{height}x{width}.txt"), "w") as handle:
+        handle.write(table)
+    return table
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def main(argv=None) -> int:
-    """Run the benchmark grid and write results.json."""
+    """Run the benchmark grid and write results.json and summary.json."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=".")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
-    parser.add_argument("--chunks", type=int, default=10)
-    parser.add_argument("--policy", default="longlive")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every block (experimental)")
+    parser.add_argument("--chunks", type=int, default=100, help="timed chunks on the fast path")
+    parser.add_argument("--eager-chunks", type=int, default=20, help="timed chunks on the eager path")
     parser.add_argument("--sizes", default="480x832,368x640")
+    parser.add_argument("--only", default="eager,fast,compare,attention,fp8,e2e,session",
+                        help="comma-separated sections to run")
+    parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    cuda = device.type == "cuda"
+    dtype = torch.float32 if not cuda else torch.bfloat16
+    sections = set(args.only.split(","))
     model = build_model(SMOKE if args.smoke else FULL, device, dtype)
-    if args.compile:
-        for block in list(model.blocks) + list(getattr(model, "vace_blocks", [])):
-            block.compile(dynamic=False)
     sizes = [(64, 96)] if args.smoke else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    chunks, eager_chunks = (3, 2) if args.smoke else (args.chunks, args.eager_chunks)
     results = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "date": datetime.date.today().isoformat(), "dtype": str(dtype),
+        "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(), "commit": args.commit or _commit(), "dtype": str(dtype),
         "model": "smoke" if args.smoke else "Wan2.1-VACE-1.3B (random weights)",
-        "steps": "4 warped + t=0 cache pass", "compiled": args.compile, "runs": [],
+        "steps": "4 warped + t=0 cache pass", "policy": "longlive", "runs": {},
     }
+
+    def record(name, value):
+        results["runs"][name] = value
+        print(name, json.dumps(value), flush=True)
+
     for height, width in sizes:
-        for vace in (False, True, "reference"):
-            run = time_stream(model, height, width, vace, warmup=8 if args.compile else 5, chunks=2 if args.smoke else args.chunks,
-                              policy=args.policy)
-            results["runs"].append(run)
-            print(json.dumps(run), flush=True)
-        for encoder in ("tiny", "wan"):
-            run = time_end_to_end(model, height, width, encoder, 2 if args.smoke else args.chunks, args.smoke)
-            results["runs"].append(run)
-            print(json.dumps(run), flush=True)
+        tag = f"{height}x{width}"
+        if "eager" in sections:
+            uncompile_blocks(model)
+            for vace in (False, True):
+                record(f"eager_{'vace' if vace else 't2v'}_{tag}",
+                       time_stream(model, height, width, vace, warmup=5, chunks=eager_chunks, fast=False))
+    backend = "inductor" if cuda else "eager"  # the smoke run checks the script, not the kernels
+    if "fast" in sections or "compare" in sections or "fp8" in sections:
+        compile_blocks(model, backend=backend)
+    for height, width in sizes:
+        tag = f"{height}x{width}"
+        if "fast" in sections:
+            for vace in (False, True):
+                record(f"fast_{'vace' if vace else 't2v'}_{tag}",
+                       time_stream(model, height, width, vace, warmup=6, chunks=chunks, fast=cuda))
+            # a new stream on a warm process: compiled code reused, its graphs captured on its first steady chunk
+            record(f"fast_vace_{tag}_new_stream", time_stream(model, height, width, True, warmup=6, chunks=3, fast=cuda))
+        if "attention" in sections and cuda:
+            record(f"attention_{tag}", time_attention_kernels(height, width, device, dtype))
+    height, width = sizes[0]
+    if "profile" in sections and cuda:
+        os.makedirs(args.out, exist_ok=True)
+        print(profile_chunk(model, height, width, False, args.out), flush=True)
+    if "compare" in sections:
+        uncompile_blocks(model)
+        eager = copy.deepcopy(model)
+        compile_blocks(model, backend=backend)
+        for vace in (False, True):
+            record(f"fast_vs_eager_rel_error_{'vace' if vace else 't2v'}",
+                   compare_paths(eager, model, height, width, vace, 8, False, cuda))
+        del eager
+    if "fp8" in sections:
+        uncompile_blocks(model)
+        fp8 = copy.deepcopy(model)
+        compile_blocks(model, backend=backend)
+        quantize_blocks_fp8(fp8)
+        compile_blocks(fp8, backend=backend)
+        record("fp8_t2v", time_stream(fp8, height, width, False, warmup=6, chunks=chunks, fast=cuda))
+        errors = compare_paths(model, fp8, height, width, False, 2 if args.smoke else 50, cuda, cuda)
+        record("fp8_vs_bf16_rel_error", {"chunk_1": errors[0], "chunk_50": errors[-1], "all": errors})
+        del fp8
+    if "e2e" in sections:
+        for height, width in sizes:
+            for vace, decoder in ((True, "tiny"), (False, "tiny"), (False, "wan")):
+                record(f"e2e_{'vace' if vace else 't2v'}_{decoder}_{height}x{width}",
+                       time_end_to_end(model, height, width, vace, decoder, 2 if args.smoke else 30, args.smoke, cuda))
+    if "session" in sections and cuda:
+        record("session_sync_free", time_session_sync_free(model, *sizes[-1], 10))
     os.makedirs(args.out, exist_ok=True)
-    name = "bench_engine_compiled.json" if args.compile else "bench_engine.json"
-    with open(os.path.join(args.out, name), "w") as handle:
+    with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)
+    with open(os.path.join(args.out, "summary.json"), "w") as handle:
+        json.dump(summarize(results), handle, indent=2)
+    print(json.dumps(summarize(results), indent=1))
     return 0
+
+
+def summarize(results: dict) -> dict:
+    """The headline numbers the speed issue tracks, from one run (None where a section did not run)."""
+    runs = results["runs"]
+
+    def get(name, key):
+        return runs.get(name, {}).get(key) if isinstance(runs.get(name), dict) else None
+
+    def overhead(tag):
+        t2v, vace = get(f"fast_t2v_{tag}", "ms_per_chunk_mean"), get(f"fast_vace_{tag}", "ms_per_chunk_mean")
+        return round(vace / t2v - 1, 3) if t2v and vace else None
+
+    fast = [r for n, r in runs.items() if n.startswith("fast_") and isinstance(r, dict) and "recompiles_while_timed" in r]
+    fp8, bf16 = get("fp8_t2v", "ms_per_chunk_mean"), get("fast_t2v_480x832", "ms_per_chunk_mean")
+    return {
+        "device": results["device"], "date": results["date"], "commit": results["commit"], "torch": results["torch"],
+        "t2v_dit_480x832_ms": get("fast_t2v_480x832", "ms_per_chunk_mean"),
+        "t2v_dit_368x640_ms": get("fast_t2v_368x640", "ms_per_chunk_mean"),
+        "vace_dit_480x832_ms": get("fast_vace_480x832", "ms_per_chunk_mean"),
+        "vace_dit_368x640_ms": get("fast_vace_368x640", "ms_per_chunk_mean"),
+        "vace_overhead_480x832": overhead("480x832"), "vace_overhead_368x640": overhead("368x640"),
+        "e2e_vace_368x640_tiny_fps": get("e2e_vace_tiny_368x640", "end_to_end_fps"),
+        "e2e_t2v_480x832_tiny_fps": get("e2e_t2v_tiny_480x832", "end_to_end_fps"),
+        "e2e_t2v_480x832_wan_fps": get("e2e_t2v_wan_480x832", "end_to_end_fps"),
+        "wan_decode_480x832_ms": runs.get("wan_decode_480x832_ms"), "wan_encode_480x832_ms": runs.get("wan_encode_480x832_ms"),
+        "fp8_speedup_480x832": round(bf16 / fp8, 3) if fp8 and bf16 else None,
+        "fp8_rel_error_chunk_1": get("fp8_vs_bf16_rel_error", "chunk_1"),
+        "fp8_rel_error_chunk_50": get("fp8_vs_bf16_rel_error", "chunk_50"),
+        "eager_t2v_dit_480x832_ms": get("eager_t2v_480x832", "ms_per_chunk_mean"),
+        "eager_t2v_dit_368x640_ms": get("eager_t2v_368x640", "ms_per_chunk_mean"),
+        "first_chunks_new_stream_368x640_vace_ms": get("fast_vace_368x640_new_stream", "warmup_chunks_ms"),
+        "recompiles_while_timed": sum(r["recompiles_while_timed"] for r in fast) if fast else None,
+        "host_syncs_while_timed": 0 if fast else None,
+        "peak_memory_480x832_gib": get("fast_vace_480x832", "peak_memory_gib"),
+    }
 
 
 if __name__ == "__main__":

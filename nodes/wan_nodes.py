@@ -14,6 +14,8 @@ from ..models.wan.stream import StreamConfig
 from ..models.wan.stream_session import TIMINGS, Control, StreamSession, check_run
 from ..models.wan.vace_context import pixel_frame_start
 from ..models.wan.checkpoint import load_wan_model
+from ..models.wan.fast_path import compile_blocks, uncompile_blocks
+from ..models.wan.fp8 import quantize_blocks_fp8
 from . import host
 from .model_cache import cached, file_key
 from .convert import conditioning_to_embedding, image_to_video, mask_to_video
@@ -45,25 +47,41 @@ class StreamVACEModelLoader:
             "vace_module": (["none"] + files, {"tooltip": "A VACE-only module file; 'none' if the model has VACE or "
                                                           "you need no control."}),
             "dtype": (list(DTYPES), {"default": "bf16"}),
-            "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "flash_attn / sageattention "
-                                   "must be installed (bf16/fp16 only). Daydream Scope disables SageAttention on "
-                                   "Hopper (H100) after seeing static in the output."}),
-        }, "optional": {"lora": (LORA_TYPE, {"tooltip": "LoRAs to merge, from 'StreamVACE LoRA'."})}}
+            "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "Attention kernel of this "
+                                   "model. sdpa: PyTorch picks; sdpa_cudnn / sdpa_flash / sdpa_efficient force one "
+                                   "(benchmarks/RESULTS.md has their speed on H100); flash_attn / sageattention must be "
+                                   "installed (bf16/fp16 only; Daydream Scope disables SageAttention on Hopper after "
+                                   "seeing static in the output)."}),
+        }, "optional": {
+            "lora": (LORA_TYPE, {"tooltip": "LoRAs to merge, from 'StreamVACE LoRA'."}),
+            "compile": ("BOOLEAN", {"default": True, "tooltip": "CUDA only: fuse each block's elementwise work with "
+                                    "torch.compile and replay whole steps from CUDA graphs. About 1.5-2x faster per "
+                                    "chunk; the first chunks of the first stream of a size take a minute longer "
+                                    "while it compiles (later streams of that size reuse it)."}),
+            "fp8": ("BOOLEAN", {"default": False, "tooltip": "Store the DiT blocks' Linear weights in FP8 (e4m3, one "
+                                "scale per row) and run them on FP8 tensor cores (H100/Ada). Faster and lighter; "
+                                "outputs differ from bf16 by a few per cent (benchmarks/RESULTS.md)."}),
+        }}
 
-    def load(self, model_name, vace_module, dtype, attention, lora=None):
+    def load(self, model_name, vace_module, dtype, attention, lora=None, compile=True, fp8=False):
         """Read and build the model on ComfyUI's device."""
-        attention_backends.set_backend(attention)
+        attention_backends.check_backend(attention)
         path = host.model_path("diffusion_models", model_name)
         vace_path = None if vace_module == "none" else host.model_path("diffusion_models", vace_module)
         loras, device = tuple(lora or ()), host.torch_device()
-        key = ("wan", file_key(path, vace_path, *(p for p, _ in loras)), vace_path, loras, dtype, str(device))
+        key = ("wan", file_key(path, vace_path, *(p for p, _ in loras)), vace_path, loras, dtype, fp8, str(device))
 
         def load():
             model = load_wan_model(path, vace_path=vace_path, loras=loras, dtype=DTYPES[dtype], device=device)
+            if fp8:
+                quantize_blocks_fp8(model)
             model.streamvace_key = key  # streams follow the weights, not the Python object
             return model
 
-        return (cached(key, load),)
+        model = cached(key, load)
+        model.set_attention_backend(attention)  # per model: another loader's choice never changes this one
+        (compile_blocks if compile and device.type == "cuda" else uncompile_blocks)(model)
+        return (model,)
 
 
 class StreamVACELora:

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from streamvace.models.wan.kv_cache import CacheFullError, CachePolicy, KVCache, cache_policy
-from streamvace.models.wan.sampler import chunk_seed
+from streamvace.models.wan.sampler import chunk_seed, sigma_schedule
 from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.vace_reference import VaceReference
 
-from wan_tiny import DEVICE, TEXT_DIM, reference_generation, tiny_model
+from wan_tiny import DEVICE, TEXT_DIM, captured_kv, reference_generation, reference_switch_generation, tiny_model
 
 HEIGHT, WIDTH = 32, 48  # latent 4 x 6, 2 x 3 = 6 tokens per frame
 CHUNKS = 5
@@ -194,10 +194,46 @@ def test_prefill_continues_an_existing_video():
     assert rel_err(continued.next_chunk(), chunks[4]) <= 1e-5
 
 
-@pytest.mark.parametrize("policy", ["full", "longlive"])
-def test_prompt_switch_recaches_the_window(policy):
+SWITCHES = [  # (policy, chunk the switch comes before): LongLive's local_attn_size = sink + window + 3
+    ("longlive", 2),  # s = 6 < 12: the cache is not full yet, all frames re-cached, sink rewritten
+    ("longlive", 4),  # s = 12: exactly full, still LongLive's frame-0 path
+    ("longlive", 5),  # s = 15: the ring has wrapped, frames 6..14 re-cached in one pass, the sink keeps old K/V
+    ("longlive", 7),  # s = 21: mid-window, the re-cached frames sit in a rotated ring
+    ("sink1-window4", 4),  # s = 12 > 8: sink frame 0 kept, frames 5..11 re-cached
+    ("full", 3),
+]
+
+
+@pytest.mark.parametrize("name,switch", SWITCHES, ids=[f"{n}-s{3 * c}" for n, c in SWITCHES])
+def test_prompt_switch_equals_longlive_recache(name, switch):
+    policy, chunks = POLICIES[name], switch + 2
     model = tiny_model()
-    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=4, policy=cache_policy(policy), max_frames=15)
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=5, policy=policy, max_frames=chunks * 3)
+    old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 6, TEXT_DIM)
+    stream = WanStream(model, config)
+    stream.set_prompt(old)
+    got = [stream.next_chunk() for _ in range(switch)]
+    stream.set_prompt(new)
+    got += [stream.next_chunk() for _ in range(2)]
+    with torch.no_grad():
+        want = reference_switch_generation(model, old, new, stream.sigmas,
+                                           stream_noises(config, stream.latent_shape, chunks), policy, 3, switch)
+    for c, (a, b) in enumerate(zip(got, want)):
+        assert rel_err(a, b) <= 1e-4, f"chunk {c}: relative error {rel_err(a, b):.2e}"
+
+    chunkwise = WanStream(model, StreamConfig(**{**config.__dict__, "recache": "chunkwise"}))
+    chunkwise.set_prompt(old)
+    for _ in range(switch):
+        chunkwise.next_chunk()
+    chunkwise.set_prompt(new)
+    assert rel_err(chunkwise.next_chunk(), want[switch]) > 1e-4  # the oracle tells the two procedures apart
+
+
+@pytest.mark.parametrize("recache", ["longlive", "chunkwise"])
+def test_prompt_switch_recache_matters(recache):
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=4, policy=cache_policy("full"), max_frames=15,
+                          recache=recache)
     old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 6, TEXT_DIM)
     switched = WanStream(model, config)
     switched.set_prompt(old)
@@ -210,9 +246,9 @@ def test_prompt_switch_recaches_the_window(policy):
     for chunk in chunks:
         no_recache.prefill(chunk)
     no_recache.set_prompt(new, recache=False)
-    assert rel_err(no_recache.next_chunk(), after_switch) > 1e-3  # the recache matters
+    assert rel_err(no_recache.next_chunk(), after_switch) > 1e-3
 
-    if policy == "full":  # every frame re-cached under the new prompt == a history built under it
+    if recache == "chunkwise":  # every frame re-cached causally under the new prompt == a history built under it
         oracle = WanStream(model, config)
         oracle.set_prompt(new)
         for chunk in chunks:
@@ -220,22 +256,123 @@ def test_prompt_switch_recaches_the_window(policy):
         assert rel_err(oracle.next_chunk(), after_switch) <= 1e-5
 
 
-def test_prompt_switch_after_an_interrupted_chunk_ignores_its_partial_writes():
+def test_unknown_recache_mode_is_refused():
+    with pytest.raises(ValueError, match="re-cache 'causal'.*longlive"):
+        WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH, recache="causal"))
+
+
+@pytest.mark.parametrize("switch", [2, 5], ids=["sink-rewritten", "ring-wrapped"])
+@pytest.mark.parametrize("failure", ["chunk-before", "recache", "chunk-after"])
+def test_prompt_switch_is_deterministic_after_a_failure(switch, failure):
     model = tiny_model()
     config = StreamConfig(height=HEIGHT, width=WIDTH, seed=6)
     old, new = torch.randn(1, 4, TEXT_DIM), torch.randn(1, 5, TEXT_DIM)
 
-    def run(interrupt):
+    def boom(step, total):
+        raise KeyboardInterrupt
+
+    def run(fail):
         stream = WanStream(model, config)
         stream.set_prompt(old)
-        for _ in range(4):
+        for _ in range(switch):
             stream.next_chunk()
-        if interrupt:  # the chunk writes its noisy K/V over the oldest ring chunk, then dies
-            def boom(step, total):
-                raise KeyboardInterrupt
+        if fail == "chunk-before":  # the chunk writes its noisy K/V over the oldest ring chunk, then dies
             with pytest.raises(KeyboardInterrupt):
                 stream.next_chunk(on_step=boom)
         stream.set_prompt(new)
-        return stream.next_chunk()
+        if fail == "recache":  # dies inside the re-cache, after the first blocks rewrote their K/V (sink too)
+            handle = model.blocks[2].register_forward_pre_hook(lambda *_: boom(0, 0))
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk()
+            handle.remove()
+        if fail == "chunk-after":  # the re-cache ran, the chunk after it died: the re-cache runs again
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk(on_step=boom)
+        return [stream.next_chunk() for _ in range(2)]
 
-    assert torch.equal(run(True), run(False))
+    for a, b in zip(run(failure), run(None)):
+        assert torch.equal(a, b)
+
+
+def test_default_steps_are_warped_by_shift_5():
+    warped = [1.0, 0.9375, 5 / 6, 0.625]  # shift*s / (1 + (shift-1)*s) for s = 1, .75, .5, .25 (LongLive)
+    assert sigma_schedule() == pytest.approx(warped, abs=1e-12)
+    assert sigma_schedule(warp=False) == pytest.approx([1.0, 0.75, 0.5, 0.25], abs=1e-12)
+    assert WanStream(tiny_model(), StreamConfig(height=HEIGHT, width=WIDTH)).sigmas == pytest.approx(warped, abs=1e-12)
+
+
+def test_cache_pass_writes_the_keys_of_a_t0_forward():
+    model = tiny_model()
+    stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, seed=8))
+    text = torch.randn(1, 4, TEXT_DIM)
+    stream.set_prompt(text)
+    first = stream.next_chunk()
+    tokens = 3 * stream.tokens_per_frame
+    with torch.no_grad():  # the clean chunk at t = 0, alone (chunk 0 attends only to itself)
+        captured = captured_kv(model, first, text, None)
+    for layer, (k, v) in enumerate(captured):
+        assert rel_err(stream.cache.keys[layer, :, :tokens], k) <= 1e-5
+        assert rel_err(stream.cache.values[layer, :, :tokens], v) <= 1e-5
+
+
+def _first_wrapping_chunk(policy, capacity_frames):
+    """The first chunk whose frames do not all fit the cache's slots unused so far (the ring wraps)."""
+    return next(c for c in range(100) if 3 * (c + 1) > capacity_frames)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_interrupt_at_the_ring_wrap_leaves_the_stream_unchanged(name):
+    policy = POLICIES[name]
+    model = tiny_model()
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=12, policy=policy, max_frames=12)
+    text = torch.randn(1, 4, TEXT_DIM)
+    probe = WanStream(model, config)
+    # full history never wraps: its last chunk that fits stands in for the wrap
+    wrap = _first_wrapping_chunk(policy, probe.cache.capacity_frames) if policy.window_frames is not None else 3
+
+    def run(interrupt_step):
+        stream = WanStream(model, config)
+        stream.set_prompt(text)
+        out = [stream.next_chunk() for _ in range(wrap)]
+        if interrupt_step is not None:
+            resident = stream.cache.resident_frames()
+            slots = [stream.cache.frame_slot(f) * stream.tokens_per_frame for f in resident]
+            index = torch.tensor([s + i for s in slots for i in range(stream.tokens_per_frame)])
+            before = (stream.cache.keys[:, :, index].clone(), stream.cache.values[:, :, index].clone(),
+                      stream.history.clone())
+
+            def boom(step, total):
+                if step == interrupt_step % total:
+                    raise KeyboardInterrupt
+
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk(on_step=boom)
+            assert (stream.frames_done, stream.chunks_done) == (3 * wrap, wrap)
+            assert torch.equal(stream.cache.keys[:, :, index], before[0])
+            assert torch.equal(stream.cache.values[:, :, index], before[1])
+            assert torch.equal(stream.history, before[2])
+        out += [stream.next_chunk() for _ in range(2 if policy.window_frames is not None else 1)]
+        return out
+
+    plain = run(None)
+    for step in (0, -1):  # after the first denoising forward, after the cache pass (before the commit)
+        assert all(torch.equal(a, b) for a, b in zip(run(step), plain)), f"interrupt at step {step}"
+
+
+def test_reference_images_equal_a_masked_vace_forward_over_references_and_chunk():
+    model = tiny_model(vace=True)
+    config = StreamConfig(height=HEIGHT, width=WIDTH, seed=9, policy=cache_policy("longlive"))
+    stream = WanStream(model, config)
+    text = torch.randn(1, 4, TEXT_DIM)
+    stream.set_prompt(text)
+    refs = torch.randn(1, 16, 2, HEIGHT // 8, WIDTH // 8)
+    reference = VaceReference(stream, refs)
+    contexts = [torch.randn(1, 96, 9, HEIGHT // 8, WIDTH // 8) for _ in range(2)]
+    scales = [0.9, 0.6]
+    got = [stream.next_chunk([VaceInput(contexts[0][:, :, 3 * c:3 * c + 3], scales[0], reference),
+                              VaceInput(contexts[1][:, :, 3 * c:3 * c + 3], scales[1])]) for c in range(3)]
+    with torch.no_grad():
+        want = reference_generation(model, text, stream.sigmas, stream_noises(config, stream.latent_shape, 3),
+                                    config.policy, 3, contexts, scales, references=[refs, None])
+    for c, (a, b) in enumerate(zip(got, want)):
+        assert rel_err(a, b) <= 1e-4, f"chunk {c}: relative error {rel_err(a, b):.2e}"

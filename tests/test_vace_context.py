@@ -37,21 +37,47 @@ def test_frame_counts_follow_the_vae():
     assert [pixel_frame_start(i) for i in range(4)] == [0, 9, 21, 33]
 
 
-def test_mask_channels_are_8x8_pixel_blocks_and_group_maxima():
-    mask = torch.zeros(1, 1, 9, 16, 24)
-    mask[0, 0, 3, 8 + 5, 16 + 2] = 1  # frame 3 -> latent 1; block (1, 2); row 5, column 2
-    channels = mask_to_latent_channels(mask, first_chunk=True)
-    assert channels.shape == (1, 64, 3, 2, 3)
-    assert channels.sum() == 1 and channels[0, 8 * 5 + 2, 1, 1, 2] == 1
-    later = mask_to_latent_channels(torch.ones(1, 1, 12, 16, 24), first_chunk=False)
-    assert later.shape == (1, 64, 3, 2, 3) and later.min() == 1
+def _blocks_to_channels(mask):
+    """[B, 1, t, H, W] -> [B, 64, t, H/8, W/8] with channel 8 * row + column of the 8x8 block (VACE's layout)."""
+    b, _, t, h, w = mask.shape
+    out = torch.zeros(b, 64, t, h // 8, w // 8)
+    for row in range(8):
+        for column in range(8):
+            out[:, 8 * row + column] = mask[:, 0, :, row::8, column::8]
+    return out
 
 
-@pytest.mark.parametrize("kind", ["wan", "tiny"])
-def test_chunked_context_equals_whole_clip_vace_math(kind):
+# VACE's vace_encode_masks: t = (T + 3) // 4 latent frames, F.interpolate(mode="nearest-exact") picks pixel frame
+# floor((i + 1/2) * T / t); the group maxima follow the VAE's groups (a lone first frame, then fours).
+TIME_SAMPLES = {9: ([1, 4, 7], [[0], [1, 2, 3, 4], [5, 6, 7, 8]]),
+                12: ([2, 6, 10], [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]])}
+
+
+@pytest.mark.parametrize("length", [9, 12])
+def test_mask_time_sampling_is_vaces_nearest_exact_or_the_group_max(length):
+    g = torch.Generator().manual_seed(length)
+    mask = (torch.rand(2, 1, length, 16, 24, generator=g) > 0.5).float()
+    picked, groups = TIME_SAMPLES[length]
+    first = length == 9
+    assert torch.equal(mask_to_latent_channels(mask, first), _blocks_to_channels(mask[:, :, picked]))
+    group_max = torch.stack([mask[:, :, group].amax(dim=2) for group in groups], dim=2)
+    assert torch.equal(mask_to_latent_channels(mask, first, time="max"), _blocks_to_channels(group_max))
+    with pytest.raises(ValueError, match="mask sampling in time 'mean'"):
+        mask_to_latent_channels(mask, first, time="mean")
+
+
+def test_first_frame_extension_mask_follows_vace():
+    mask = torch.ones(1, 1, 9, 16, 24)
+    mask[:, :, 0] = 0  # keep frame 0 (the given first frame), generate the rest
+    assert mask_to_latent_channels(mask, True).min() == 1  # VACE gives latent 0 the mask of frame 1
+    assert mask_to_latent_channels(mask, True, time="max")[:, :, 0].min() == 0
+
+
+@pytest.mark.parametrize("kind,mask_time", [("wan", "nearest"), ("tiny", "nearest"), ("tiny", "max")])
+def test_chunked_context_equals_whole_clip_vace_math(kind, mask_time):
     vae = _vae(kind)
     frames, mask = random_video(21, H, W, seed=3), _mask(21)
-    builder = VaceContextBuilder(vae, H, W)
+    builder = VaceContextBuilder(vae, H, W, mask_time=mask_time)
     contexts = []
     for start, length in ((0, 9), (9, 12)):
         contexts.append(builder.context_for_chunk(frames[:, :, start:start + length], mask[:, :, start:start + length]))
@@ -59,8 +85,11 @@ def test_chunked_context_equals_whole_clip_vace_math(kind):
     with torch.no_grad():
         inactive = vae.encode(frames * (1 - mask))
         reactive = vae.encode(frames * mask)
-    expected_mask = torch.cat([mask_to_latent_channels(mask[:, :, :9], True),
-                               mask_to_latent_channels(mask[:, :, 9:], False)], dim=2)
+    picks = [1, 4, 7, 9 + 2, 9 + 6, 9 + 10]  # VACE's nearest-exact samples of each chunk
+    groups = [[0], [1, 2, 3, 4], [5, 6, 7, 8]] + [list(range(9 + 4 * i, 13 + 4 * i)) for i in range(3)]
+    per_latent = (mask[:, :, picks] if mask_time == "nearest"
+                  else torch.stack([mask[:, :, group].amax(dim=2) for group in groups], dim=2))
+    expected_mask = _blocks_to_channels(per_latent)
     expected = torch.cat([inactive, reactive, expected_mask], dim=1)
     got = torch.cat(contexts, dim=2)
     assert got.shape == (1, 96, 6, H // 8, W // 8)
@@ -179,3 +208,47 @@ def test_control_joining_mid_stream_and_bad_controls():
     t2v.set_prompt(torch.randn(1, 4, TEXT_DIM))
     with pytest.raises(ValueError, match="no VACE blocks"):  # refused before any VAE work
         t2v.generate(1, [Control(frames=torch.zeros(3, 9, H, W))])
+
+
+def _recorded_contexts(session):
+    """Record the VACE contexts each chunk of the session gets."""
+    seen, original = [], session.stream.next_chunk
+
+    def next_chunk(vace=(), on_step=None):
+        seen.append([item.context.clone() for item in vace])
+        return original(vace, on_step)
+
+    session.stream.next_chunk = next_chunk
+    return seen
+
+
+def _joined_context(chunk, frames):
+    """What a control joining the stream at `chunk` gets: a fresh builder on the join-mid-stream path."""
+    start = pixel_frame_start(chunk)
+    return VaceContextBuilder(_vae("tiny"), H, W, start_chunk=chunk).context_for_chunk(frames[None, :, start:start + 12])
+
+
+def test_controls_are_keyed_by_identity_not_chain_position():
+    a, b = random_video(45, H, W, seed=10)[0], random_video(45, H, W, seed=11)[0]
+    session = _session("tiny")
+    seen = _recorded_contexts(session)
+    session.generate(2, [Control(frames=a)])
+    session.generate(1, [Control(frames=b)])  # control 0 swapped for another: b joins, it does not continue a
+    assert torch.equal(seen[2][0], _joined_context(2, b))
+    session.generate(1, [Control(frames=b.clone(), strength=0.5), Control(frames=a)])  # same b (new objects)
+    continued = VaceContextBuilder(_vae("tiny"), H, W, start_chunk=2)
+    continued.context_for_chunk(b[None, :, 21:33])
+    continued.commit()
+    assert torch.equal(seen[3][0], continued.context_for_chunk(b[None, :, 33:45]))
+    assert torch.equal(seen[3][1], _joined_context(3, a))  # a left out of a run: joins afresh, no stale count
+
+
+def test_a_control_left_out_of_a_run_joins_again_afresh():
+    a = random_video(9, H, W, seed=12)[0]  # holds its last frame after chunk 0: every later window looks alike
+    session = _session("tiny")
+    seen = _recorded_contexts(session)
+    session.generate(2, [Control(frames=a)])
+    session.generate(1)
+    session.generate(1, [Control(frames=a)])
+    held = a[:, -1:].expand(-1, 45, -1, -1)
+    assert torch.equal(seen[3][0], _joined_context(3, held))

@@ -68,10 +68,11 @@ def tiny_rt_detr(seed: int = 0):
     return model
 
 
-def tiny_sam2_video(seed: int = 0, num_maskmem: int = 3, max_object_pointers: int = 4):
+def tiny_sam2_video(seed: int = 0, num_maskmem: int = 4, max_object_pointers: int = 4):
     """A tiny Sam2VideoModel: 128-px input, 4-stage Hiera (16..128 wide), 1 memory-attention layer, 32x32 masks.
 
-    The memory window is shortened (num_maskmem 3, 4 object pointers) so pruning matters within a few frames.
+    The memory window is shortened (num_maskmem 4, 4 object pointers: frame t reads frames t-3..t-1) so pruning
+    matters within a few frames, and the weights are scaled so that the masks depend on that memory.
     Hidden sizes are 128 and the memory 64 wide: transformers hard-codes 64-channel memories and needs the
     hidden size to be a multiple of them.
     """
@@ -104,6 +105,16 @@ def tiny_sam2_video(seed: int = 0, num_maskmem: int = 3, max_object_pointers: in
         for name in ("memory_temporal_positional_encoding", "no_memory_embedding", "no_object_pointer",
                      "occlusion_spatial_embedding_parameter"):
             getattr(model, name).normal_(0, 0.5)
+        # random weights score every tracked frame "no object" (masks pinned at -1024, memory never read): make the
+        # objects appear, so later masks come from memory attention over the stored frames; damp the current
+        # frame's high-resolution skip features (they swamp the memory-conditioned embedding) and scale the
+        # mask logits to O(1)
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+        for name, param in model.mask_decoder.named_parameters():
+            if name.startswith("conv_s"):
+                param.mul_(0.01)
+            elif name.startswith("output_hypernetworks_mlps") and ".proj_out." in name:
+                param.mul_(1000.0)
     return model
 
 

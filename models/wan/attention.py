@@ -1,4 +1,5 @@
-"""The single attention entry point: torch SDPA by default, flash-attn or SageAttention when installed and chosen.
+"""The single attention entry point, with the kernel chosen per model: torch SDPA (PyTorch picks, or cuDNN /
+flash / memory-efficient forced), or flash-attn / SageAttention when installed.
 
 Tensors are [batch, tokens, heads, head_dim] throughout (the KV cache's layout), so no backend needs a copy.
 """
@@ -7,15 +8,19 @@ import importlib
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-BACKENDS = ("sdpa", "flash_attn", "sageattention")
-_backend = "sdpa"
+SDPA_KERNELS = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+                "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}
+PACKAGES = ("flash_attn", "sageattention")
+BACKENDS = ("sdpa", *SDPA_KERNELS, *PACKAGES)
 
 
 def available_backends() -> list:
-    """Backends whose package imports here ('sdpa' always)."""
-    found = ["sdpa"]
-    for name in BACKENDS[1:]:
+    """Backends usable here: the SDPA ones always (a forced kernel that cannot run falls back to 'sdpa'),
+    flash_attn / sageattention when their package imports."""
+    found = ["sdpa", *SDPA_KERNELS]
+    for name in PACKAGES:
         try:
             importlib.import_module(name)
             found.append(name)
@@ -24,33 +29,33 @@ def available_backends() -> list:
     return found
 
 
-def set_backend(name: str) -> None:
-    """Choose the attention backend for every model in this process."""
-    global _backend
+def check_backend(name: str) -> str:
+    """The name, if that backend can run here; else a clear error saying what to install or choose."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
     if name not in available_backends():
         raise ImportError(f"attention backend {name!r} is not installed; `pip install {name.replace('_', '-')}` "
                           "or choose 'sdpa'")
-    _backend = name
+    return name
 
 
-def get_backend() -> str:
-    """The attention backend in use."""
-    return _backend
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v for [B, L, H, D] tensors; a mask (bool, True = attend), a CPU tensor or
-    float32 (which flash-attn and SageAttention do not take) use SDPA."""
-    fast = mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-    if fast and _backend == "flash_attn":
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor = None,
+              backend: str = "sdpa") -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v for [B, L, H, D] tensors. A mask (bool, True = attend), CPU tensors and
+    float32 always use PyTorch's own SDPA choice (flash-attn, SageAttention and forced kernels take none)."""
+    fast = mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and backend != "sdpa"
+    if fast and backend == "flash_attn":
         from flash_attn import flash_attn_func
 
         return flash_attn_func(q, k, v)
-    if fast and _backend == "sageattention":
+    if fast and backend == "sageattention":
         from sageattention import sageattn
 
         return sageattn(q, k, v, tensor_layout="NHD")
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return out.transpose(1, 2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if fast and not torch.compiler.is_compiling():  # inside compiled regions Inductor picks the kernel itself
+        # the forced kernel first, PyTorch's default order after it for shapes it cannot take
+        with sdpa_kernel([SDPA_KERNELS[backend], SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                          SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)

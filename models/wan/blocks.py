@@ -57,17 +57,22 @@ class _Projections(nn.Module):
 class SelfAttention(_Projections):
     """Self-attention with RMS-normalised q/k over the full width and 3-D RoPE."""
 
-    def forward(self, x: torch.Tensor, rope: RotaryTable, attend: AttendFn) -> torch.Tensor:
-        """x [B, L, dim] in the weights' dtype -> [B, L, dim]."""
+    def qkv(self, x: torch.Tensor, rope: RotaryTable) -> tuple:
+        """x [B, L, dim] in the weights' dtype -> rotated q, k and v [B, L, heads, head_dim]."""
         heads = (self.num_heads, -1)
         q = rope.apply(self.norm_q(self.q(x)).unflatten(-1, heads))
         k = rope.apply(self.norm_k(self.k(x)).unflatten(-1, heads))
-        v = self.v(x).unflatten(-1, heads)
-        return self.o(attend(q, k, v).flatten(-2))
+        return q, k, self.v(x).unflatten(-1, heads)
+
+    def forward(self, x: torch.Tensor, rope: RotaryTable, attend: AttendFn) -> torch.Tensor:
+        """x [B, L, dim] in the weights' dtype -> [B, L, dim]."""
+        return self.o(attend(*self.qkv(x, rope)).flatten(-2))
 
 
 class CrossAttention(_Projections):
     """Attention from the video tokens to the text tokens; the text K/V are computed once per prompt."""
+
+    backend = "sdpa"  # the model's attention kernel (WanDiT.set_attention_backend)
 
     def text_kv(self, text: torch.Tensor) -> tuple:
         """(k, v) [B, L_text, heads, head_dim] of the embedded text, to cache for a prompt."""
@@ -77,7 +82,7 @@ class CrossAttention(_Projections):
     def forward(self, x: torch.Tensor, text_kv: tuple) -> torch.Tensor:
         """x [B, L, dim] -> [B, L, dim]."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
-        return self.o(attention(q, *text_kv).flatten(-2))
+        return self.o(attention(q, *text_kv, backend=self.backend).flatten(-2))
 
 
 class WanBlock(nn.Module):
@@ -93,13 +98,37 @@ class WanBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the Linear layers compute in (the text projections' dtype: they are never quantised)."""
+        return self.cross_attn.k.weight.dtype
+
+    regions = None  # (attention_inputs, attention_outputs) compiled for all blocks (models/wan/fast_path.py)
+
     def forward(self, x: torch.Tensor, e0: torch.Tensor, text_kv: tuple, rope: RotaryTable,
                 attend: AttendFn) -> torch.Tensor:
         """x [B, L, dim] float32, e0 [B, F_e, 6, dim] float32 -> updated x."""
-        dtype = self.ffn[0].weight.dtype
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)
-        h = modulate(self.norm1(x), shift1, scale1).to(dtype)
-        x = x + gated(self.self_attn(h, rope, attend), gate1)
+        if self.regions is None:
+            q, k, v = self.attention_inputs(x, e0, rope)
+            return self.attention_outputs(x, attend(q, k, v), e0, text_kv)
+        inputs, outputs = self.regions
+        q, k, v = inputs(self, x, e0, rope)
+        return outputs(self, x, attend(q, k, v), e0, text_kv)
+
+    # The block is split at the self-attention so that the parts around it (all the elementwise work:
+    # modulation, norms, RoPE, gates, residuals, GELU) compile into fused kernels that every block shares,
+    # while the attention itself (a KV-cache write + one attention kernel) stays a plain call.
+    def attention_inputs(self, x: torch.Tensor, e0: torch.Tensor, rope: RotaryTable) -> tuple:
+        """The self-attention's rotated q, k, v [B, L, heads, head_dim] for tokens x (float32)."""
+        shift1, scale1, _, _, _, _ = (self.modulation.float() + e0).unbind(2)
+        return self.self_attn.qkv(modulate(self.norm1(x), shift1, scale1).to(self.dtype), rope)
+
+    def attention_outputs(self, x: torch.Tensor, attended: torch.Tensor, e0: torch.Tensor,
+                          text_kv: tuple) -> torch.Tensor:
+        """The rest of the block after the self-attention kernel: output projection, gate, cross-attention, FFN."""
+        dtype = self.dtype
+        _, _, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)
+        x = x + gated(self.self_attn.o(attended.flatten(-2)), gate1)
         x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv).float()
         h = modulate(self.norm2(x), shift2, scale2).to(dtype)
         return x + gated(self.ffn(h), gate2)

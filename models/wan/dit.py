@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import attention, check_backend
 from .rope import RotaryTable
 from .vace import VaceBlock, combine_hints, vace_hints, vace_layer_map
 from .blocks import WanBlock, WanHead
@@ -101,6 +101,14 @@ class WanDiT(nn.Module):
                                                   stride=c.patch_size)
             self.vace_blocks = nn.ModuleList(VaceBlock(c.dim, c.ffn_dim, c.num_heads, c.eps, first=(m == 0))
                                              for m in range(c.num_vace_blocks))
+
+    attention_backend = "sdpa"
+
+    def set_attention_backend(self, name: str) -> None:
+        """Use this attention kernel in this model (and the streams over it): see models/wan/attention.py."""
+        self.attention_backend = check_backend(name)
+        for block in list(self.blocks) + list(getattr(self, "vace_blocks", None) or []):
+            block.cross_attn.backend = name
 
     @property
     def has_vace(self) -> bool:

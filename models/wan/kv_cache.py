@@ -85,6 +85,8 @@ class KVCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.frames = 0  # frames committed so far: a Python int, never a tensor
+        self.backend = "sdpa"  # the attention kernel: the model's (set by the stream)
+        self._write_indices = {}
 
     @property
     def nbytes(self) -> int:
@@ -125,7 +127,31 @@ class KVCache:
 
         def attend(q, k, v):
             self._write(layer, slots, k, v)
-            return attention(q, keys[:, :slots.attend_tokens], values[:, :slots.attend_tokens])
+            return attention(q, keys[:, :slots.attend_tokens], values[:, :slots.attend_tokens], backend=self.backend)
+
+        return attend
+
+    def write_index(self, slots: ChunkSlots) -> torch.Tensor:
+        """Slot index (tokens) of each of the chunk's tokens, a device tensor made once per ring phase."""
+        key = slots.runs
+        if key not in self._write_indices:  # a handful of phases, all met in the first chunks
+            index = [slot + i for _, slot, length in slots.runs for i in range(length)]
+            self._write_indices[key] = torch.tensor(index, dtype=torch.long, device=self.keys.device)
+        return self._write_indices[key]
+
+    def is_steady(self, slots: ChunkSlots) -> bool:
+        """True when the chunk attends over every slot (the cache is full): its shapes repeat forever."""
+        return slots.attend_tokens == self.keys.shape[2]
+
+    def index_attend_fn(self, layer: int, index: torch.Tensor):
+        """attend(q, k, v) for a steady-state chunk: write k/v at the slots in `index` (a device tensor, so one
+        CUDA graph serves every ring phase), then attend over the whole buffer."""
+        keys, values = self.keys[layer], self.values[layer]
+
+        def attend(q, k, v):
+            keys.index_copy_(1, index, k)
+            values.index_copy_(1, index, v)
+            return attention(q, keys, values, backend=self.backend)
 
         return attend
 
@@ -142,6 +168,13 @@ class KVCache:
         n = self.tokens_per_frame
         return [(source // n, slot // n, length // n) for source, slot, length in slots.runs]
 
+    def switch_frames(self, end: int) -> range:
+        """The frames a LongLive prompt switch at frame `end` re-caches: all of them while they fit the cache
+        (sink included), else the ring's (the last ring_frames; the sink keeps its K/V)."""
+        if end <= self.capacity_frames:
+            return range(0, end)
+        return range(end - self.ring_frames, end)
+
     def recache_index(self, slots: ChunkSlots, visible_frames: list) -> torch.Tensor:
         """Token indices of `visible_frames` + the chunk, for recache_attend_fn (build once per chunk)."""
         n = self.tokens_per_frame
@@ -156,7 +189,7 @@ class KVCache:
 
         def attend(q, k, v):
             self._write(layer, slots, k, v)
-            return attention(q, keys[:, index], values[:, index])
+            return attention(q, keys[:, index], values[:, index], backend=self.backend)
 
         return attend
 

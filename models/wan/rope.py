@@ -53,6 +53,13 @@ class RotaryTable:
         self.sin = angles.sin().float()[None, :, None, :]
 
     @classmethod
+    def from_tables(cls, cos: torch.Tensor, sin: torch.Tensor) -> "RotaryTable":
+        """A table over given cos/sin buffers [1, L, 1, head_dim/2] (static buffers of a CUDA graph)."""
+        table = cls.__new__(cls)
+        table.cos, table.sin = cos, sin
+        return table
+
+    @classmethod
     def for_grid(cls, head_dim, start_frame, num_frames, height, width, device=None):
         """The table for `num_frames` latent frames starting at temporal position `start_frame`."""
         frames = torch.arange(start_frame, start_frame + num_frames, device=device)  # built on the device: no copy

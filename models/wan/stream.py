@@ -6,6 +6,7 @@ t = 0 on the clean chunk rewrites its K/V slots, and the chunk is committed. Eve
 allocated when the stream is created; the loop only indexes with Python ints (no host syncs).
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,12 @@ class StreamConfig:
     max_frames: int = 21  # only for the full-history policy
     vace_in_cache_pass: bool = False  # Scope runs the clean t = 0 pass without VACE hints (a prompt-switch
     # re-cache always runs without them: the controls of past chunks are not kept)
+    vace_mask_time: str = "nearest"  # VACE's per-latent-frame mask sample (models/wan/vace_context.py), or "max"
+    recache: str = "longlive"  # prompt switch: one bidirectional pass over the cached frames (LongLive), or
+    # "chunkwise": chunk by chunk, each causally over its visible past (an earlier StreamVACE variant)
+
+
+RECACHE_MODES = ("longlive", "chunkwise")
 
 
 @dataclass
@@ -51,12 +58,14 @@ class VaceInput:
 class WanStream:
     """A causal video stream over a Wan DiT: `set_prompt`, then `next_chunk()` again and again."""
 
-    def __init__(self, model: WanDiT, config: StreamConfig):
+    def __init__(self, model: WanDiT, config: StreamConfig, cuda_graphs: bool = None):
         c = self.config = config
         self.model = model
         param = model.head.head.weight
         self.device, self.dtype = param.device, param.dtype
         check_config(c)
+        if c.recache not in RECACHE_MODES:
+            raise ValueError(f"unknown prompt-switch re-cache {c.recache!r}; choose one of {RECACHE_MODES}")
         self.latent_shape = (c.batch, model.config.in_dim, c.chunk_frames, c.height // VAE_SPATIAL, c.width // VAE_SPATIAL)
         self.grid = model.token_grid(self.latent_shape)
         self.tokens_per_frame = self.grid[1] * self.grid[2]
@@ -65,6 +74,7 @@ class WanStream:
         self.cache = KVCache(c.policy, chunk_frames=c.chunk_frames, tokens_per_frame=self.tokens_per_frame,
                              num_layers=mc.num_layers, batch=c.batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
                              max_frames=c.max_frames, dtype=self.dtype, device=self.device)
+        self.cache.backend = model.attention_backend
         self.generator = torch.Generator(device=self.device)
         self._noise = torch.empty(self.latent_shape, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
@@ -75,6 +85,11 @@ class WanStream:
                                    device=self.device)
         self.text_kv = None
         self.prompt_version = 0
+        # steady-state forwards replayed from CUDA graphs (models/wan/fast_path.py); on by default on CUDA
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device; use cuda_graphs=False on the CPU")
+        self._graphs = None
         self.chunks_done = 0
         self._recache_pending = False
 
@@ -86,8 +101,8 @@ class WanStream:
     def set_prompt(self, text: torch.Tensor, recache: bool = True) -> None:
         """Cache the cross-attention K/V of a prompt ([B or 1, L, 4096] umT5 embeddings) for later chunks.
 
-        Mid-stream, `recache` (LongLive) recomputes the window's K/V from its clean latents under the new
-        prompt before the next chunk; the sink keeps the old prompt's K/V (LongLive's global sink).
+        Mid-stream, `recache` recomputes the cached frames' K/V from their clean latents under the new prompt
+        before the next chunk (config.recache says how; see `_recache_longlive`).
         """
         check_prompt(text, self.model, self.config.batch)  # once per prompt, not per chunk
         with torch.inference_mode():
@@ -96,6 +111,12 @@ class WanStream:
         self.prompt_version += 1
         self._recache_pending = recache and self.frames_done > 0
 
+    def use_model(self, model: WanDiT) -> None:
+        """Continue with another copy of the same weights (recaptures the CUDA graphs)."""
+        if model is not self.model:
+            self.model, self._graphs = model, None
+            self.cache.backend = model.attention_backend
+
     def reset(self) -> None:
         """Start the video over (the prompt and all buffers are kept)."""
         self.cache.reset()
@@ -103,6 +124,30 @@ class WanStream:
         self._recache_pending = False
 
     def _recache(self) -> None:
+        if self.config.recache == "longlive":
+            self._recache_longlive()
+        else:
+            self._recache_chunkwise()
+
+    def _recache_longlive(self) -> None:
+        """LongLive v1.0's switch (global sink): ONE t = 0 forward over the clean latents of the frames
+        `cache.switch_frames` names, bidirectional among them, each also attending to the sink's stored K/V.
+
+        Past the first cache-full (switch at s > sink + ring) those are the ring's frames: the sink keeps
+        the old prompt's K/V (LongLive's is_recompute keeps the write out of the sink slots). Up to it they
+        are all frames 0..s-1 and the sink slots are rewritten too (LongLive's recompute starts at frame 0).
+        Inputs come from the committed latent history, so a failed chunk before it changes nothing.
+        """
+        frames = self.cache.switch_frames(self.frames_done)
+        slots = self.cache.slots(frames.start, len(frames))
+        attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
+        latents = torch.cat([self.history[:, :, slot:slot + n] for _, slot, n in self.cache.frame_slot_runs(slots)], 2)
+        rope = RotaryTable.for_grid(self.model.config.head_dim, frames.start, len(frames), *self.grid[1:],
+                                    device=self.device)
+        self._forward(latents, len(self.sigmas), attends, rope, (), need_output=False)
+
+    def _recache_chunkwise(self) -> None:
+        """Re-cache chunk by chunk, each chunk causally over its visible past (config.recache="chunkwise")."""
         policy, chunk, end = self.config.policy, self.config.chunk_frames, self.frames_done
         first = policy.sink_frames if policy.window_frames is None else max(policy.sink_frames, end - policy.window_frames)
         resident = set(self.cache.resident_frames())
@@ -158,24 +203,39 @@ class WanStream:
                 raise ValueError(f"VACE context must be {expected} for this stream, got {tuple(item.context.shape)}")
         return vace
 
-    def _hints(self, vace, x_tokens, e0, slots_rope):
+    def _hints(self, vace, x_tokens, e0, slots_rope, text_kv):
         per_context = []
         for item in vace:
             tokens = self.model.patchify(item.context.to(self.device), self.model.vace_patch_embedding)
             if item.reference is None:  # chunk-local attention: no cache over past chunks in the VACE branch
-                attends, rope = [attention] * len(self.model.vace_blocks), slots_rope
+                chunk_local = functools.partial(attention, backend=self.model.attention_backend)
+                attends, rope = [chunk_local] * len(self.model.vace_blocks), slots_rope
             else:
                 attends, rope = item.reference.chunk_attends(self)
-            per_context.append(vace_hints(self.model.vace_blocks, tokens, x_tokens, e0, self.text_kv[1], rope, attends))
+            per_context.append(vace_hints(self.model.vace_blocks, tokens, x_tokens, e0, text_kv[1], rope, attends))
         return combine_hints(per_context, [item.scale for item in vace])
 
-    def _forward(self, x, step, attends, rope, vace, need_output=True):
-        e, e0 = self._time[step]
+    def _forward(self, x, step, attends, rope, vace, need_output=True, time=None, text_kv=None):
+        e, e0 = self._time[step] if time is None else time
+        text_kv = self.text_kv if text_kv is None else text_kv
         tokens = self.model.patchify(x)
-        hints = self._hints(vace, tokens, e0, rope) if vace else None
-        out = self.model.run_blocks(tokens, e0, self.text_kv[0], rope, attends, hints)
+        hints = self._hints(vace, tokens, e0, rope, text_kv) if vace else None
+        out = self.model.run_blocks(tokens, e0, text_kv[0], rope, attends, hints)
         # the cache pass only writes K/V: its velocity would be thrown away
         return self.model.unpatchify(self.model.head(out, e), self.grid) if need_output else None
+
+    def _chunk_forward(self, slots, rope, vace):
+        """forward(x, step, vace, need_output) for this chunk: replayed from CUDA graphs in the steady state
+        (cache full, no reference images), else the eager blocks."""
+        if self.cuda_graphs and self.cache.is_steady(slots) and all(item.reference is None for item in vace):
+            if self._graphs is None:
+                from .fast_path import ChunkGraphs
+
+                self._graphs = ChunkGraphs(self)
+            self._graphs.prepare_chunk(slots, rope)
+            return self._graphs.forward
+        attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
+        return lambda x, step, vace, need_output: self._forward(x, step, attends, rope, vace, need_output)
 
     @torch.inference_mode()
     def next_chunk(self, vace=(), on_step=None) -> torch.Tensor:
@@ -191,19 +251,18 @@ class WanStream:
             self._recache()
         slots = self.cache.slots(self.cache.frames, self.config.chunk_frames)
         rope = self._rope(slots.start_frame)
-        attends = [self.cache.attend_fn(layer, slots) for layer in range(self.model.config.num_layers)]
+        forward = self._chunk_forward(slots, rope, vace)
         self.generator.manual_seed(chunk_seed(self.config.seed, self.chunks_done))
         x = torch.randn(self.latent_shape, generator=self.generator, device=self.device, out=self._noise)
         total = len(self.sigmas) + 1
         for step, sigma in enumerate(self.sigmas):
-            x0 = predict_x0(x, self._forward(x, step, attends, rope, vace), sigma)
+            x0 = predict_x0(x, forward(x, step, vace, True), sigma)
             if step + 1 < len(self.sigmas):
                 noise = torch.randn(self.latent_shape, generator=self.generator, device=self.device, out=self._noise)
                 x = renoise(x0, noise, self.sigmas[step + 1])
             if on_step is not None:
                 on_step(step, total)
-        self._forward(x0, len(self.sigmas), attends, rope, vace if self.config.vace_in_cache_pass else (),
-                      need_output=False)
+        forward(x0, len(self.sigmas), vace if self.config.vace_in_cache_pass else (), False)
         if on_step is not None:
             on_step(total - 1, total)
         self._commit(slots, x0)

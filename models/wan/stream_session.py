@@ -6,7 +6,7 @@ for live input, relative to each call); the session cuts each chunk's frames out
 context with per-control VAE encoder streams, and commits everything only when the chunk succeeded.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .stream import StreamConfig, VaceInput, WanStream
 from ..vae.stream import same_weights
 from .vace_reference import VaceReference
-from .vace_context import VaceContextBuilder, frame_reference_control, pixel_frame_start
+from .vace_context import VaceContextBuilder, frame_reference_control, pixel_frame_start, pixel_frames_for_chunk
 from .stream_checks import check_chunks, check_config, check_control_input, check_memory, check_prompt
 from .dit import WanDiT
 
@@ -70,9 +70,36 @@ def fit_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return scaled[:, :, top:top + height, left:left + width]
 
 
+def _fingerprint(video: torch.Tensor):
+    """A cheap content key of [C, T, H, W]: its shape and each frame's float64 sum and sum of squares."""
+    if video is None:
+        return None
+    frames = video.detach().reshape(video.shape[0], video.shape[1], -1).unbind(1)
+    sums = torch.stack([torch.stack([f.sum(dtype=torch.float64), f.double().square().sum()]) for f in frames])
+    return tuple(video.shape), tuple(map(tuple, sums.tolist()))
+
+
+@dataclass
+class _ControlState:
+    """A control's VAE encoder streams, what identifies it, and its references' K/V."""
+
+    builder: VaceContextBuilder
+    kind: tuple  # timing and which inputs it has
+    last_window: object = None  # fingerprint of the control frames / mask its last chunk encoded ('stream' timing)
+    references: tuple = field(default=(None, None))  # (images, VaceReference)
+
+
+def _kind(control: Control) -> tuple:
+    return (control.timing, *(getattr(control, name) is not None
+                              for name in ("frames", "mask", "first_frame", "last_frame", "references")))
+
+
 def _window(video: torch.Tensor, start: int, length: int) -> torch.Tensor:
     """Frames [start, start + length) of [C, T, H, W], holding the last frame past the end."""
-    index = torch.arange(start, start + length).clamp(max=video.shape[1] - 1)
+    last = video.shape[1] - 1
+    if start + length <= last + 1:
+        return video[:, start:start + length]  # a view: no gather, no index tensor
+    index = torch.arange(start, start + length, device=video.device).clamp(max=last)
     return video[:, index]
 
 
@@ -102,6 +129,26 @@ def check_run(model: WanDiT, config: StreamConfig, prompt: torch.Tensor, chunks:
         check_memory(model, config, reclaimable=0 if replacing is None else replacing.nbytes)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to a CUDA device without stalling the host (pinned, non-blocking); else a plain .to."""
+    if tensor is None or tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@dataclass
+class _Staged:
+    """A control's inputs for one call, on the device: its frames/mask cut to the call's pixel frames."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+    first_frame: torch.Tensor
+    last_frame: torch.Tensor
+    offset: int  # pixel frame of the stream (or of the call, for timing 'call') where the cut starts
+
+
 class StreamSession:
     """A WanStream with its prompt, controls (each with its own VACE context builder) and references."""
 
@@ -110,7 +157,7 @@ class StreamSession:
         check_memory(model, config)  # before allocating: a clear refusal instead of an allocator error
         self.stream = WanStream(model, config)
         self.config, self.vae = config, vae
-        self._builders, self._references = {}, {}
+        self._states = []  # one per control of the last run (see _claim)
         self._prompt = None
 
     @property
@@ -133,53 +180,83 @@ class StreamSession:
 
     def use_model(self, model: WanDiT) -> None:
         """Continue with another copy of the same weights (e.g. the model was loaded again)."""
-        self.stream.model = model
+        self.stream.use_model(model)
 
     def use_vae(self, vae) -> None:
         """Encode controls with this VAE from now on (controls restart their encoder streams)."""
         if not same_weights(vae, self.vae):
             self.vae = vae
-            self._builders.clear()
-            self._references.clear()
+            self._states.clear()
 
-    def _builder(self, index: int) -> VaceContextBuilder:
+    def _window_fingerprint(self, control: Control, chunk: int):
+        """The raw control frames / mask a 'stream'-timed control feeds chunk `chunk` ('call' timing: None)."""
+        if control.timing == "call":
+            return None
+        start, length = pixel_frame_start(chunk, self.config.chunk_frames), pixel_frames_for_chunk(chunk, self.config.chunk_frames)
+        return tuple(_fingerprint(None if video is None else _window(video, start, length))
+                     for video in (control.frames, control.mask))
+
+    def _claim(self, controls) -> list:
+        """Each control's state, by identity rather than chain position: a state continues only for a control of
+        the same kind whose frames at the previous chunk are the ones it encoded ('call' timing: the same kind,
+        in chain order); any other control joins the stream afresh (VaceContextBuilder's start_chunk path)."""
         if self.vae is None:
             raise ValueError("VACE controls need a VAE: connect one to the sampler")
-        if index not in self._builders:
-            c = self.config
-            self._builders[index] = VaceContextBuilder(self.vae, c.height, c.width, c.chunk_frames, c.batch,
-                                                       start_chunk=self.stream.chunks_done)
-        return self._builders[index]
+        chunk, c = self.stream.chunks_done, self.config
+        free = [state for state in self._states if state.builder.chunks == chunk]
+        claimed = []
+        for control in controls:
+            kind = _kind(control)
+            previous = self._window_fingerprint(control, chunk - 1) if chunk > 0 else None
+            state = next((s for s in free if s.kind == kind and s.last_window == previous), None)
+            if state is None:
+                state = _ControlState(VaceContextBuilder(self.vae, c.height, c.width, c.chunk_frames, c.batch,
+                                                         start_chunk=chunk, mask_time=c.vace_mask_time), kind, previous)
+            else:
+                free.remove(state)
+            claimed.append(state)
+        # unclaimed states stay until the run succeeds: a failed run must not change what the next one continues
+        self._states = claimed + [s for s in self._states if all(s is not t for t in claimed)]
+        return claimed
 
-    def _reference(self, index: int, images: torch.Tensor):
+    def _reference(self, state: _ControlState, images: torch.Tensor):
         """The control's VaceReference, encoded again only when its images change."""
-        images_then, reference = self._references.get(index, (None, None))
+        images_then, reference = state.references
         if images_then is None or images_then.shape != images.shape or not torch.equal(images_then, images):
-            reference = VaceReference(self.stream, self._builder(index).reference_latents(images))
-            self._references[index] = (images, reference)
+            reference = VaceReference(self.stream, state.builder.reference_latents(images))
+            state.references = (images, reference)
         return reference
 
-    def _chunk_controls(self, controls, call_start: int, last_in_call: bool) -> list:
+    def _stage(self, control: Control, call_start: int, chunks: int) -> _Staged:
+        """Move what this call needs of a control to the device once (the chunk loop then never waits on the host)."""
+        c, device = self.config, self.stream.device
+        offset = 0 if control.timing == "call" else call_start
+        length = pixel_frame_start(self.stream.chunks_done + chunks, c.chunk_frames) - call_start
+        cut = lambda video: None if video is None else to_device(_window(video, offset, length), device)  # noqa: E731
+        return _Staged(cut(control.frames), cut(control.mask), to_device(control.first_frame, device),
+                       to_device(control.last_frame, device), offset)
+
+    def _chunk_controls(self, controls, states, staged, references, call_start: int, last_in_call: bool) -> list:
         c, inputs = self.config, []
         chunk = self.stream.chunks_done
-        for index, control in enumerate(controls):
-            builder = self._builder(index)
+        for control, state, inputs_on_device, reference in zip(controls, states, staged, references):
+            builder = state.builder
             length = builder.frames_needed()
             start = pixel_frame_start(chunk, c.chunk_frames) - (call_start if control.timing == "call" else 0)
+            start -= inputs_on_device.offset
             frames = mask = None
-            if control.frames is not None:
-                frames = fit_video(_window(control.frames, start, length).to(self.stream.device), c.height, c.width)
-            if control.mask is not None:
-                mask = fit_video(_window(control.mask, start, length).to(self.stream.device), c.height, c.width)
-            first = control.first_frame if chunk == 0 else None
-            last = control.last_frame if last_in_call else None
+            if inputs_on_device.frames is not None:
+                frames = fit_video(_window(inputs_on_device.frames, start, length), c.height, c.width)
+            if inputs_on_device.mask is not None:
+                mask = fit_video(_window(inputs_on_device.mask, start, length), c.height, c.width)
+            first = inputs_on_device.first_frame if chunk == 0 else None
+            last = inputs_on_device.last_frame if last_in_call else None
             if first is not None or last is not None:
                 fit = lambda image: fit_video(image[:, None], c.height, c.width)[:, 0]  # noqa: E731
                 frames, mask = frame_reference_control(length, None if first is None else fit(first),
                                                        None if last is None else fit(last), frames, mask)
             batch = lambda x: None if x is None else x[None].expand(c.batch, -1, -1, -1, -1)  # noqa: E731
             context = builder.context_for_chunk(batch(frames), batch(mask))
-            reference = self._reference(index, control.references) if control.references is not None else None
             inputs.append(VaceInput(context, control.strength, reference))
         return inputs
 
@@ -189,15 +266,26 @@ class StreamSession:
         check_chunks(chunks)
         check_controls(controls, self.stream.model, self.vae)
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
+        states = self._claim(controls) if controls else []
+        staged = [self._stage(control, call_start, chunks) for control in controls]
+        references = [None if control.references is None else self._reference(state, control.references)
+                      for state, control in zip(states, controls)]  # compared once per call, not per chunk
         out = []
-        for i in range(chunks):
-            vace = self._chunk_controls(controls, call_start, last_in_call=i == chunks - 1)
-            out.append(self.stream.next_chunk(vace, on_step))
-            for index in range(len(controls)):
-                self._builders[index].commit()
+        try:
+            for i in range(chunks):
+                vace = self._chunk_controls(controls, states, staged, references, call_start,
+                                            last_in_call=i == chunks - 1)
+                out.append(self.stream.next_chunk(vace, on_step))
+                for state in states:
+                    state.builder.commit()
+        finally:  # once per call, not per chunk: what the last committed chunk encoded, for the next call's claim
+            for state, control in zip(states, controls):
+                if state.builder.chunks > 0:
+                    state.last_window = self._window_fingerprint(control, state.builder.chunks - 1)
+        self._states = states  # controls left out of this run broke off their encoder streams
         return torch.cat(out, dim=2)
 
     def reset(self) -> None:
         """Start the video over with the same model, prompt and settings."""
         self.stream.reset()
-        self._builders.clear()
+        self._states.clear()

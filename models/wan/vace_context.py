@@ -7,9 +7,11 @@ frames. The inactive and reactive parts are encoded as two separate VAE streams 
 continue from chunk to chunk and never mix. A chunk takes 1 + 4(F-1) pixel frames the first time (9 for
 F = 3) and 4F after (12), exactly the frames its latents decode to.
 
-The mask's 8x8 pixel blocks become its 64 channels (channel = 8*row + column, as in VACE); in time, each
-latent frame takes the maximum over the pixel frames its VAE group covers, so a pixel the user marked
-for generation in any frame of the group is never kept from the source.
+The mask's 8x8 pixel blocks become its 64 channels (channel = 8*row + column, as in VACE). In time, VACE
+(`vace_encode_masks`, and Scope per chunk after it) samples one pixel frame per latent frame with
+nearest-exact interpolation: frames 1, 4, 7 of a 9-frame first chunk, 2, 6, 10 of a 12-frame chunk. The
+released weights were trained so, and it is the default; "max" instead takes the maximum over each VAE
+group, so a pixel marked for generation in any frame of the group is never kept from the source.
 """
 
 import torch
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from ..checks import check_finite, check_values
 
 MASK_CHANNELS = 64
+MASK_TIME_SAMPLING = ("nearest", "max")
 
 
 def pixel_frames_for_chunk(chunk_index: int, chunk_frames: int = 3) -> int:
@@ -30,10 +33,16 @@ def pixel_frame_start(chunk_index: int, chunk_frames: int = 3) -> int:
     return 0 if chunk_index == 0 else pixel_frames_for_chunk(0, chunk_frames) + 4 * chunk_frames * (chunk_index - 1)
 
 
-def mask_to_latent_channels(mask: torch.Tensor, first_chunk: bool) -> torch.Tensor:
-    """Binary mask [B, 1, T, H, W] -> [B, 64, t, H/8, W/8], max over each latent frame's pixel frames."""
-    groups = [mask[:, :, :1]] + list(mask[:, :, 1:].split(4, dim=2)) if first_chunk else list(mask.split(4, dim=2))
-    per_latent = torch.cat([g.amax(dim=2, keepdim=True) for g in groups], dim=2)
+def mask_to_latent_channels(mask: torch.Tensor, first_chunk: bool, time: str = "nearest") -> torch.Tensor:
+    """Binary mask [B, 1, T, H, W] -> [B, 64, t, H/8, W/8]; in time VACE's nearest-exact sample or the group max."""
+    if time == "nearest":  # VACE: t = (T + 3) // 4 latent frames, pixel frame floor((i + 1/2) * T / t)
+        t = (mask.shape[2] + 3) // 4
+        per_latent = F.interpolate(mask, size=(t, *mask.shape[3:]), mode="nearest-exact")
+    elif time == "max":
+        groups = [mask[:, :, :1]] + list(mask[:, :, 1:].split(4, dim=2)) if first_chunk else list(mask.split(4, dim=2))
+        per_latent = torch.cat([g.amax(dim=2, keepdim=True) for g in groups], dim=2)
+    else:
+        raise ValueError(f"unknown mask sampling in time {time!r}; choose one of {MASK_TIME_SAMPLING}")
     b, _, t, h, w = per_latent.shape
     unshuffled = F.pixel_unshuffle(per_latent.transpose(1, 2).reshape(b * t, 1, h, w), 8)
     return unshuffled.reshape(b, t, MASK_CHANNELS, h // 8, w // 8).transpose(1, 2)
@@ -58,8 +67,11 @@ class VaceContextBuilder:
     so a failed or interrupted chunk leaves the builder exactly as it was.
     """
 
-    def __init__(self, vae, height: int, width: int, chunk_frames: int = 3, batch: int = 1, start_chunk: int = 0):
-        self.vae, self.height, self.width = vae, height, width
+    def __init__(self, vae, height: int, width: int, chunk_frames: int = 3, batch: int = 1, start_chunk: int = 0,
+                 mask_time: str = "nearest"):
+        if mask_time not in MASK_TIME_SAMPLING:
+            raise ValueError(f"unknown mask sampling in time {mask_time!r}; choose one of {MASK_TIME_SAMPLING}")
+        self.vae, self.height, self.width, self.mask_time = vae, height, width, mask_time
         self.chunk_frames, self.batch = chunk_frames, batch
         self.inactive = vae.new_encoder_cache()
         self.reactive = vae.new_encoder_cache()
@@ -98,7 +110,7 @@ class VaceContextBuilder:
         inactive = self._encode((frames * (1 - binary)).to(dtype), inactive_cache)
         reactive = self._encode((frames * binary).to(dtype), reactive_cache)
         self._pending = (inactive_cache, reactive_cache)
-        mask_channels = mask_to_latent_channels(binary, first_chunk=self.chunks == 0)
+        mask_channels = mask_to_latent_channels(binary, first_chunk=self.chunks == 0, time=self.mask_time)
         return torch.cat([inactive.float(), reactive.float(), mask_channels], dim=1)
 
     def _encode(self, video, cache):
@@ -140,8 +152,8 @@ def frame_reference_control(length: int, first: torch.Tensor = None, last: torch
     if image is None:
         raise ValueError("first/last-frame extension needs a first or a last frame")
     _, h, w = image.shape
-    frames = torch.zeros(3, length, h, w) if frames is None else frames.clone()
-    mask = torch.ones(1, length, h, w) if mask is None else mask.clone()
+    frames = image.new_zeros(3, length, h, w) if frames is None else frames.clone()  # on the image's device
+    mask = image.new_ones(1, length, h, w) if mask is None else mask.clone()
     if first is not None:
         frames[:, 0], mask[:, 0] = first, 0.0
     if last is not None:

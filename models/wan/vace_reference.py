@@ -30,6 +30,7 @@ class VaceReference:
                              tokens_per_frame=stream.tokens_per_frame, num_layers=mc.num_vace_blocks,
                              batch=stream.config.batch, num_heads=mc.num_heads, head_dim=mc.head_dim,
                              dtype=stream.dtype, device=stream.device)
+        self.cache.backend = model.attention_backend
         self._slots = self.cache.slots(n, stream.config.chunk_frames)
         self._rope = RotaryTable.for_grid(mc.head_dim, n, *stream.grid, device=stream.device)
         self._prompt_version = None

@@ -1,0 +1,101 @@
+"""The fast chunk loop on the CPU: compiled block regions never recompile as the ring turns, and the
+static-buffer forwards that CUDA graphs replay equal the eager loop (benchmarks/bench_engine.py checks
+the captured graphs themselves on a GPU)."""
+
+import pytest
+import torch
+
+from streamvace.models.wan.fast_path import ChunkGraphs, compile_blocks, uncompile_blocks
+from streamvace.models.wan.kv_cache import cache_policy
+from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
+
+from wan_tiny import DEVICE, TEXT_DIM, tiny_model
+
+HEIGHT, WIDTH = 32, 48
+CHUNKS = 8  # the longlive ring (9 frames) wraps at chunk 4 and turns through all three of its phases
+
+
+def _run(model, policy, chunks, static: bool, vace: bool, prompt_switch_at=None, seed=3):
+    stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, policy=cache_policy(policy), seed=seed))
+    if static:  # the graphs' static buffers: captured and replayed on a GPU, run as they are on the CPU
+        stream.cuda_graphs, stream._graphs = True, ChunkGraphs(stream, capture=DEVICE.type == "cuda")
+    g = torch.Generator().manual_seed(0)
+    texts = [torch.randn(1, 7, TEXT_DIM, generator=g).to(DEVICE) for _ in range(2)]
+    contexts = torch.randn(1, 96, 3 * chunks, HEIGHT // 8, WIDTH // 8, generator=g).to(DEVICE)
+    stream.set_prompt(texts[0])
+    out = []
+    for c in range(chunks):
+        if c == prompt_switch_at:
+            stream.set_prompt(texts[1])
+        controls = [VaceInput(contexts[:, :, 3 * c:3 * c + 3], 0.7)] if vace else ()
+        out.append(stream.next_chunk(controls))
+    return torch.cat(out, 2), stream
+
+
+@pytest.mark.parametrize("policy", ["longlive", "motionstream"])
+@pytest.mark.parametrize("vace", [False, True], ids=["t2v", "vace"])
+def test_static_buffer_forwards_equal_the_eager_loop(policy, vace):
+    model = tiny_model(vace=vace)
+    eager, _ = _run(model, policy, CHUNKS, static=False, vace=vace, prompt_switch_at=6)
+    static, stream = _run(model, policy, CHUNKS, static=True, vace=vace, prompt_switch_at=6)
+    assert stream._graphs._graphs, "the steady-state chunks must have gone through the static buffers"
+    torch.testing.assert_close(static, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_static_forwards_write_the_slots_of_each_ring_phase():
+    # a graph that froze the first phase's slots would overwrite the window: the chunks after it would differ
+    model = tiny_model()
+    _, stream = _run(model, "longlive", 7, static=True, vace=False)
+    # chunks 3..6 are steady; with 6 tokens a frame, the 3-frame sink is tokens 0-17 and the 9-frame ring
+    # holds three chunk positions, starting at tokens 18, 36 and 54
+    phases = set(stream.cache._write_indices)
+    assert phases == {((0, 18, 18),), ((0, 36, 18),), ((0, 54, 18),)}, phases
+
+
+def test_compiled_regions_do_not_recompile_as_the_ring_turns():
+    torch._dynamo.reset()
+    model = tiny_model(vace=True)
+    eager, _ = _run(model, "longlive", 6, static=False, vace=True)
+    compile_blocks(model, backend="eager")  # Dynamo's guards and graph breaks, without code generation
+    try:
+        _run(model, "longlive", 3, static=False, vace=True)  # warm-up: the chunk and VACE token shapes
+        frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        compiled, _ = _run(model, "longlive", 6, static=False, vace=True)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_before, "recompiled after warm-up"
+        assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    finally:
+        uncompile_blocks(model)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_linear_computes_the_quantised_product():
+    from streamvace.models.wan.fp8 import E4M3, FP8Linear
+
+    g = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(5, 7, 64, generator=g) * torch.linspace(0.1, 10, 7)[:, None]  # rows of different scale
+    linear, x = linear.to(DEVICE), x.to(DEVICE)
+    layer = FP8Linear(linear)
+    # independent: per-row absmax scales, round to e4m3, multiply the dequantised numbers
+    w_scale = linear.weight.abs().amax(1, keepdim=True) / 448
+    w = (linear.weight / w_scale).to(E4M3).float() * w_scale
+    rows = x.reshape(-1, 64)
+    x_scale = rows.abs().amax(1, keepdim=True) / 448
+    xq = (rows / x_scale).to(E4M3).float() * x_scale
+    expected = (xq @ w.t() + linear.bias).reshape(5, 7, 32)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    exact = linear(x)
+    error = ((layer(x) - exact).norm() / exact.norm()).item()
+    assert 1e-3 < error < 0.06, f"e4m3 should cost a few per cent, not {error:.2e}"
+
+
+def test_fp8_blocks_stream_close_to_full_precision():
+    from streamvace.models.wan.fp8 import FP8Linear, quantize_blocks_fp8
+
+    model = tiny_model()
+    full, _ = _run(model, "longlive", 3, static=False, vace=False)
+    assert quantize_blocks_fp8(model) == 8 * len(model.blocks)
+    assert isinstance(model.blocks[0].ffn[0], FP8Linear) and not isinstance(model.blocks[0].cross_attn.k, FP8Linear)
+    fp8, _ = _run(model, "longlive", 3, static=False, vace=False)
+    error = ((fp8 - full).norm() / full.norm()).item()
+    assert 1e-4 < error < 0.1, f"relative difference {error:.2e}"
