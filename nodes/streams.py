@@ -58,6 +58,21 @@ class StreamRegistry:
             self._entries[stream_id] = (signature, state)
             return state
 
+    def run(self, stream_id: str, signature: Hashable, factory: Callable[[], Any], call: Callable[[Any], Any],
+            fresh: bool = False):
+        """call(state) on the stream's state. A new state (`fresh`, absent, or a changed signature) replaces the
+        old one only once call(state) succeeded: a run with a reset or new settings that fails keeps the stream."""
+        if not stream_id:
+            raise ValueError(f"{self.kind} stream id must not be empty: name the stream (e.g. 'main').")
+        entry = self._entries.get(stream_id)
+        if not fresh and entry is not None and entry[0] == signature:
+            return call(entry[1])  # a state continued in place keeps itself unchanged when a call fails
+        state = factory()
+        result = call(state)
+        with self._lock:
+            self._entries[stream_id] = (signature, state)
+        return result
+
     def reset(self, stream_id: str) -> bool:
         """Forget a stream; True if it existed."""
         with self._lock:

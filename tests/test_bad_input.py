@@ -82,9 +82,9 @@ def _reference_chunks(model, vae=None, control=None):
 # ------------------------------------------------------------------ sampler: a failed run loses nothing
 
 SAMPLER_CASES = [  # (overrides, words the message must contain)
-    (dict(width=40), ["width", "multiple of 16", "32 or 48"]),
-    (dict(height=20), ["height", "multiple of 16", "16 or 32"]),
-    (dict(width=40, reset=True), ["width", "multiple of 16"]),
+    (dict(width=40), ["width", "multiples of 16", "32 or 48"]),
+    (dict(height=20), ["height", "multiples of 16", "16 or 32"]),
+    (dict(width=40, reset=True), ["width", "multiples of 16"]),
     (dict(chunks=0), ["chunks", "1 or more"]),
     (dict(chunks=-3), ["chunks", "1 or more"]),
     (dict(positive=[]), ["CONDITIONING", "empty", "CLIPTextEncode"]),
@@ -674,3 +674,18 @@ def test_progress_is_logged_on_slow_devices(monkeypatch, caplog):
     assert messages == ["Stream Sampler: step 1 of 5 took 12 s (about 48 s left); a smaller size or a GPU is faster",
                         "Stream Sampler: step 2 of 5 took 12 s (about 37 s left); a smaller size or a GPU is faster"]
     assert math.isclose(progress.done, 3)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_failed_annotator_run_with_or_without_reset_keeps_the_stream(reset):
+    node, layout = NODES["StreamVACELayout"](), '{"boxes": [[4, 4, 20, 20], [24, 10, 40, 26]]}'
+    args = dict(layout=layout, width=W, height=H, total_frames=24, box_size=8, thickness=2.0, stream_id="lay")
+    try:
+        reference = node.render(frames=12, reset=True, **{**args, "stream_id": "lay-reference"})[0]
+        first = node.render(frames=4, reset=True, **args)[0]
+        with pytest.raises(ValueError, match="at least one frame"):
+            node.render(frames=0, reset=reset, **args)
+        rest = node.render(frames=8, reset=False, **args)[0]
+        torch.testing.assert_close(torch.cat([first, rest]), reference)
+    finally:
+        free_streams()
