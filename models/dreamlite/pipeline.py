@@ -89,7 +89,8 @@ def check_frames(frames: torch.Tensor, alpha: bool = False) -> None:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         hint = (" (channels first? ComfyUI IMAGE is channels-last)" if isinstance(frames, torch.Tensor)
                 and frames.ndim == 4 and frames.shape[1] in channels else "")
-        raise ValueError(f"expected IMAGE frames [frames, height, width, 3] with at least one frame, got {shape}{hint}")
+        raise ValueError(f"expected frames [T, H, W, 3] (an IMAGE batch, RGB) with at least one frame, got "
+                         f"{shape}{hint}")
     check_values(frames, "the frames to stylize", 0.0, 1.0, "IMAGE frames are RGB in [0, 1]")
 
 
