@@ -2,6 +2,7 @@
 
 import argparse
 import itertools
+import os
 import sys
 
 
@@ -18,14 +19,63 @@ def _info(args) -> int:
     return 0
 
 
-def _annotate(args) -> int:
-    """Annotate a video file (or the built-in sample clip) chunk by chunk into a control video."""
+class UsageError(ValueError):
+    """A bad command-line value: printed as one line, exit code 2."""
+
+
+def _positive(name: str, value: int, allow_zero: bool = False) -> None:
+    """Refuse a count that must be positive (or zero when `allow_zero`: 0 = no limit)."""
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{name} must be {'0 (no limit) or more' if allow_zero else 'at least 1'}, got {value}")
+
+
+def _device(name: str):
+    """The torch device to run on: `name`, or CUDA when available; refuses a device this machine lacks."""
     import torch
 
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use cpu or cuda (cuda:1 for the second GPU)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here (no GPU, or torch was built without CUDA); "
+                         "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: only cpu and cuda are supported")
+    return str(device)
+
+
+def _output(path: str) -> None:
+    """Refuse an output path no video can be written to, before any work is done."""
+    from .annotators.video_io import check_output_path
+
+    try:
+        check_output_path(path)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"--out {error}") from None
+
+
+def _written(writer, height: int, width: int) -> str:
+    """'WxH', plus the padding the writer added, for the report line."""
+    written = writer.written_size
+    if written is None or written == (height, width):
+        return f"{width}x{height}"
+    return f"{width}x{height} (padded to {written[1]}x{written[0]}: H.264 needs even sizes)"
+
+
+def _annotate(args) -> int:
+    """Annotate a video file (or the built-in sample clip) chunk by chunk into a control video."""
     from .annotators.annotate_video import annotate_chunks, make_annotator
     from .annotators.video_io import VideoWriter, read_video_chunks, sample_clip, video_frame_count
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _positive("--chunk", args.chunk)
+    _positive("--frames", args.frames, allow_zero=True)
+    _output(args.out)
+    device = _device(args.device)
     if args.input == "sample":
         clip = sample_clip(frames=args.frames or 48)
         chunks = [(clip[:, i:i + args.chunk], 24.0) for i in range(0, clip.shape[1], args.chunk)]
@@ -52,8 +102,8 @@ def _annotate(args) -> int:
     with VideoWriter(args.out, fps=first[1]) as writer:
         stats = annotate_chunks(args.kind, annotator, bar, writer, device)
     bar.close()
-    print(f"{args.kind}: {stats['frames']} frames of {width}x{height} in chunks of {args.chunk} on {device}, "
-          f"{stats['fps']:.1f} frames/s annotating -> {args.out}")
+    print(f"{args.kind}: {stats['frames']} frames of {_written(writer, height, width)} in chunks of {args.chunk} on "
+          f"{device}, {stats['fps']:.1f} frames/s annotating -> {args.out}")
     return 0
 
 
@@ -68,9 +118,13 @@ def _sample_clip(args) -> int:
     """Write the synthetic moving-square clip to a video file."""
     from .annotators.video_io import VideoWriter, sample_clip
 
+    _positive("--frames", args.frames)
+    _positive("--height", args.height)
+    _positive("--width", args.width)
+    _output(args.out)
     with VideoWriter(args.out, fps=24.0) as writer:
         writer.write(sample_clip(frames=args.frames, height=args.height, width=args.width))
-    print(f"sample clip: {args.frames} frames of {args.width}x{args.height} -> {args.out}")
+    print(f"sample clip: {writer.frames} frames of {_written(writer, args.height, args.width)} -> {args.out}")
     return 0
 
 
@@ -284,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run one sub-command; returns the process exit code."""
+    """Run one sub-command; returns the process exit code (2, with a one-line message, for bad input)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:  # bad values, files or model folders: say what to fix, no traceback
+        if os.environ.get("STREAMVACE_TRACEBACK"):
+            raise
+        print(f"streamvace {args.command}: {error}", file=sys.stderr)
+        return 2

@@ -76,6 +76,35 @@ def _read_pickle(path):
             "The file is corrupt or truncated; download it again.") from error
 
 
+def nonfinite_names(named_tensors) -> list:
+    """Names of the floating-point tensors that hold NaN or infinite values (one host sync for them all)."""
+    named = [(name, t) for name, t in named_tensors if t.is_floating_point() and t.numel()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, flags) if not ok]
+
+
+def nonfinite_error(path: str, bad: list, dtype=None) -> "CheckpointError":
+    """The CheckpointError for a file whose weights `bad` hold NaN or infinite values."""
+    loaded = f", as loaded in {str(dtype).replace('torch.', '')}" if dtype is not None else ""
+    return CheckpointError(
+        f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {key_summary(bad, 3)}){loaded}. "
+        "The file is damaged or was saved from a diverged training run: download it again; if it was loaded in "
+        "float16, its values may overflow float16 (load it in bf16).")
+
+
+def check_finite_weights(named_tensors, path: str) -> None:
+    """Raise CheckpointError naming the file and the first tensors that hold NaN or infinite values.
+
+    Works on the tensors where they are, so a model is best checked on its device after loading.
+    """
+    named = list(named_tensors)
+    bad = nonfinite_names(named)
+    if bad:
+        raise nonfinite_error(path, bad, next(t.dtype for name, t in named if name == bad[0]))
+
+
 def key_summary(keys, limit: int = 5) -> str:
     """A short, sorted listing of some keys, for error messages."""
     keys = sorted(keys)

@@ -57,12 +57,10 @@ def cached_model(loader, path: str):
     return model
 
 
-def stream_state(kind: str, stream_id: str, reset: bool, signature, factory):
-    """The stream's annotator from the registry (fresh when reset or when its settings changed)."""
-    streams = registry(kind)
-    if reset:
-        streams.reset(stream_id)
-    return streams.get_or_create(stream_id, signature, factory)
+def run_stream(kind: str, stream_id: str, reset: bool, signature, factory, call):
+    """call(annotator) on the stream's annotator; a fresh one (reset, or changed settings) replaces the old one
+    only when the call succeeds, so a failed run never loses the stream."""
+    return registry(kind).run(stream_id, signature, factory, call, fresh=reset)
 
 
 def on_device(video: torch.Tensor) -> torch.Tensor:

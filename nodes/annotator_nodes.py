@@ -10,7 +10,7 @@ from ..annotators.scribble import METHODS as SCRIBBLE_METHODS
 from ..annotators.scribble import ScribbleAnnotator
 from .annotator_common import (DEPTH_FOLDER, DETECTION_FOLDER, POSE_FOLDER, RAFT_FOLDER, SCRIBBLE_FOLDER,
                                STREAM_INPUTS, StreamingNode, cached_model, model_choices, model_path, on_device,
-                               stream_state)
+                               run_stream)
 from .convert import image_to_video, video_to_image
 
 CATEGORY = "StreamVACE/annotators"
@@ -45,9 +45,10 @@ class StreamVACEDepth(StreamingNode):
         """Depth frames for this chunk."""
         path = model_path(DEPTH_FOLDER, model, "a Depth Anything V2 model (e.g. Depth-Anything-V2-Small-hf)")
         net = cached_model(load_depth_model, path)  # every run: loads it back if ComfyUI offloaded it
-        annotator = stream_state("depth", stream_id, reset, (path, normalize, resolution),
-                                 lambda: DepthAnnotator(net, resolution, normalize))
-        return (video_to_image(annotator(on_device(image_to_video(image)))),)
+        video = on_device(image_to_video(image))
+        return (video_to_image(run_stream("depth", stream_id, reset, (path, normalize, resolution),
+                                          lambda: DepthAnnotator(net, resolution, normalize),
+                                          lambda annotator: annotator(video))),)
 
 
 class StreamVACEPose:
@@ -185,9 +186,10 @@ class StreamVACEFlow(StreamingNode):
         raft = None
         if method == "raft":
             raft = cached_model(_load_raft, model_path(RAFT_FOLDER, raft_model, "a torchvision RAFT weight file"))
-        annotator = stream_state("flow", stream_id, reset, (method, raft_model if raft else None, max_flow),
-                                 lambda: FlowAnnotator(method, raft, max_flow))
-        return (video_to_image(annotator(on_device(image_to_video(image)))),)
+        video = on_device(image_to_video(image))
+        return (video_to_image(run_stream("flow", stream_id, reset, (method, raft_model if raft else None, max_flow),
+                                          lambda: FlowAnnotator(method, raft, max_flow),
+                                          lambda annotator: annotator(video))),)
 
 
 def _load_raft(path, device, dtype):

@@ -30,3 +30,16 @@ def mask_to_video(mask: torch.Tensor) -> torch.Tensor:
 def video_to_mask(mask: torch.Tensor) -> torch.Tensor:
     """[1,T,H,W] -> ComfyUI MASK [T,H,W] on the CPU."""
     return mask[0].float().cpu().contiguous()
+
+
+def conditioning_to_embedding(conditioning) -> torch.Tensor:
+    """ComfyUI CONDITIONING [[embedding, {...}], ...] -> the first entry's embedding tensor."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise ValueError("the CONDITIONING input is empty: connect a CLIPTextEncode (umT5-XXL, Load CLIP type wan) "
+                         "to 'positive'")
+    entry = conditioning[0]
+    if not isinstance(entry, (list, tuple)) or not entry or not isinstance(entry[0], torch.Tensor):
+        found = type(entry[0] if isinstance(entry, (list, tuple)) and entry else entry).__name__
+        raise ValueError(f"the CONDITIONING input is not ComfyUI conditioning ([[embedding tensor, {{...}}]]): it holds "
+                         f"a {found} where the embedding should be; connect a CLIPTextEncode to 'positive'")
+    return entry[0]

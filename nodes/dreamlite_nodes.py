@@ -6,7 +6,7 @@ import os
 import torch
 
 from ..models.dreamlite.loader import LICENCE_NOTE, load_dreamlite
-from ..models.dreamlite.pipeline import StylizeModel, StylizeOptions, resize_frames
+from ..models.dreamlite.pipeline import StylizeModel, StylizeOptions, check_frames, resize_frames
 from ..models.dreamlite.flicker_metrics import flicker_report
 from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
 from . import host, streams
@@ -154,15 +154,17 @@ class StreamVACEDreamLiteStylize:
                 te_refresh_every, te_batch_one, cond_refresh_every, lllite_strength, fixed_noise, seed):
         """Stylize the frames and continue the stream named `stream_id`."""
         use(dreamlite)
-        registry = streams.registry("dreamlite")
+        options = StylizeOptions(prompt, steps, te_refresh_every, te_batch_one, cond_refresh_every,
+                                 lllite_strength, fixed_noise)
+        options.validate()
+        check_frames(images, alpha=True)
+        stylizer = dreamlite.stylizer(width, height, batch_size)  # checks the sizes
+        registry = streams.registry("dreamlite")  # only now, every check passed, may the stream change
         if reset:
             registry.reset(stream_id)
-        stylizer = dreamlite.stylizer(width, height, batch_size)
         # the model object itself (not its id) in the signature: a reloaded model always starts a new stream
         stream = registry.get_or_create(stream_id, (dreamlite, width, height, batch_size, seed),
                                         lambda: stylizer.new_stream(seed))
-        options = StylizeOptions(prompt, steps, te_refresh_every, te_batch_one, cond_refresh_every,
-                                 lllite_strength, fixed_noise)
         frames = resize_frames(images[..., :3], width, height)
         progress = host.Progress(len(frames))
         return (stylizer.stylize(frames, stream, options, on_batch=progress.update),)

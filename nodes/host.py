@@ -8,6 +8,7 @@ scripts, the CLI) they fall back to a plain models directory (STREAMVACE_MODELS_
 import importlib
 import logging
 import os
+import time
 
 import torch
 
@@ -114,6 +115,7 @@ def check_interrupted() -> None:
 
 
 PREVIEW_SIZE = 512  # ComfyUI's default --preview-size
+SLOW_STEP_SECONDS = 5.0  # steps slower than this are also reported in the console (the bar alone looks stuck)
 
 
 def _preview_size() -> int:
@@ -122,12 +124,14 @@ def _preview_size() -> int:
 
 
 class Progress:
-    """A progress bar shown on the node in ComfyUI (silent outside it); also checks for Cancel and shows previews."""
+    """A progress bar shown on the node in ComfyUI; also checks for Cancel. On slow devices (steps over
+    SLOW_STEP_SECONDS) each step is logged with the time left, inside and outside ComfyUI."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, what: str = "StreamVACE"):
         utils = _comfy("comfy.utils")
-        self.total, self.current = max(1, int(total)), 0
+        self.total, self.current, self.what = max(1, int(total)), 0, what
         self._bar = utils.ProgressBar(self.total) if utils is not None and inside_comfyui() else None
+        self._start = self._last = time.monotonic()
 
     def update(self, steps: int = 1) -> None:
         """Advance by `steps` and raise if the user interrupted."""
@@ -135,6 +139,13 @@ class Progress:
         self.current = min(self.total, self.current + steps)
         if self._bar is not None:
             self._bar.update_absolute(self.current, self.total)
+        now = time.monotonic()
+        if now - self._last > SLOW_STEP_SECONDS * steps:
+            left = (now - self._start) / self.current * max(0, self.total - self.current)
+            logging.getLogger("streamvace").warning("%s: step %d of %d took %.0f s (about %.0f s left); a smaller size "
+                                                    "or a GPU is faster", self.what, self.current, self.total,
+                                                    now - self._last, left)
+        self._last = now
 
     @property
     def shows_previews(self) -> bool:

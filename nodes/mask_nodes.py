@@ -6,7 +6,7 @@ from ..annotators.masks import BoxMaskAnnotator, adjust_masks
 from ..annotators.sam2_video import Sam2VideoAnnotator, load_sam2_video_model, prompts_from_json
 from . import host
 from .annotator_common import (SAM2_FOLDER, STREAM_INPUTS, StreamingNode, cached_model, model_choices, model_path,
-                               on_device, stream_state)
+                               on_device, run_stream)
 from .convert import image_to_video, mask_to_video, video_to_image, video_to_mask
 
 CATEGORY = "StreamVACE/annotators"
@@ -46,9 +46,9 @@ class StreamVACELayout(StreamingNode):
     def render(self, layout, width, height, frames, total_frames, box_size, thickness, stream_id, reset):
         """Layout frames for this chunk."""
         settings = (layout, width, height, total_frames, box_size, thickness)
-        annotator = stream_state("layout", stream_id, reset, settings, lambda: LayoutAnnotator(
-            layout, height, width, total_frames, box_size, thickness, device=host.torch_device()))
-        return (video_to_image(annotator(frames)),)
+        return (video_to_image(run_stream("layout", stream_id, reset, settings, lambda: LayoutAnnotator(
+            layout, height, width, total_frames, box_size, thickness, device=host.torch_device()),
+            lambda annotator: annotator(frames))),)
 
 
 class StreamVACEMaskLayout:
@@ -106,9 +106,10 @@ class StreamVACESAM2(StreamingNode):
         points, box_list = prompts_from_json(positive_points, negative_points, boxes)
         settings = (path, positive_points, negative_points, boxes, mask_threshold)
         net = cached_model(load_sam2_video_model, path)  # every run: loads it back if ComfyUI offloaded it
-        annotator = stream_state("sam2", stream_id, reset, settings,
-                                 lambda: Sam2VideoAnnotator(net, points, box_list, mask_threshold))
-        return (video_to_mask(annotator(on_device(image_to_video(image)))),)
+        video = on_device(image_to_video(image))
+        return (video_to_mask(run_stream("sam2", stream_id, reset, settings,
+                                         lambda: Sam2VideoAnnotator(net, points, box_list, mask_threshold),
+                                         lambda annotator: annotator(video))),)
 
 
 class StreamVACEBoxMask(StreamingNode):
@@ -131,9 +132,9 @@ class StreamVACEBoxMask(StreamingNode):
     def render(self, layout, width, height, frames, total_frames, box_size, stream_id, reset):
         """Masks for this chunk."""
         settings = (layout, width, height, total_frames, box_size)
-        annotator = stream_state("box_mask", stream_id, reset, settings, lambda: BoxMaskAnnotator(
-            layout, height, width, total_frames, box_size, device=host.torch_device()))
-        return (video_to_mask(annotator(frames)),)
+        return (video_to_mask(run_stream("box_mask", stream_id, reset, settings, lambda: BoxMaskAnnotator(
+            layout, height, width, total_frames, box_size, device=host.torch_device()),
+            lambda annotator: annotator(frames))),)
 
 
 class StreamVACEMaskAdjust:

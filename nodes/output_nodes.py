@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from ..annotators.video_io import VideoWriter
+from ..annotators.video_io import VideoWriter, check_video_frames
 from . import host, model_cache
 from .convert import image_to_video
 from .streams import free_streams, registry
@@ -14,11 +14,16 @@ _WRITERS = registry("save_stream")
 SAVE_BATCH = 12  # frames encoded between progress updates (one later chunk)
 
 
-def _next_path(prefix: str) -> str:
+def _check_prefix(prefix: str) -> str:
     folder = os.path.abspath(host.output_directory())
-    if os.path.commonpath([folder, os.path.abspath(os.path.join(folder, prefix))]) != folder:
-        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder; use a relative name "
+    if not prefix.strip() or os.path.commonpath([folder, os.path.abspath(os.path.join(folder, prefix))]) != folder:
+        raise ValueError(f"filename_prefix {prefix!r} must name a file inside the output folder; use a relative name "
                          "such as 'streamvace/stream'")
+    return folder
+
+
+def _next_path(prefix: str) -> str:
+    folder = _check_prefix(prefix)
     index = 1
     while os.path.exists(os.path.join(folder, f"{prefix}_{index:05d}.mp4")):
         index += 1
@@ -40,6 +45,17 @@ def _close(stream_id: str) -> None:
     _WRITERS.reset(stream_id)
 
 
+def _discard(stream_id: str) -> None:
+    state = _WRITERS.get(stream_id)
+    _WRITERS.reset(stream_id)
+    try:
+        state.writer.close()
+    except Exception:  # noqa: BLE001 - the writer is broken already; the error that broke it is the one to report
+        pass
+    if os.path.exists(state.path):
+        os.remove(state.path)
+
+
 @atexit.register
 def _close_all() -> None:
     for stream_id in _WRITERS.ids():
@@ -52,7 +68,8 @@ class StreamVACESaveStream:
     DESCRIPTION = ("Saves a stream as ONE video: each queue run appends its frames to output/<prefix>_NNNNN.mp4 "
                    "(H.264, fragmented MP4: it plays while it grows, all but the newest frame, which lands with the next "
                    "run). 'finish' closes the file; the next run starts a new one. Changing fps or prefix also starts "
-                   "a new file.")
+                   "a new file. Every run must have the file's frame size; odd sizes are padded by one pixel "
+                   "(edge repeated), as H.264 needs even sizes.")
     CATEGORY = "StreamVACE/output"
     RETURN_TYPES = ()
     OUTPUT_TOOLTIPS = ()
@@ -79,14 +96,23 @@ class StreamVACESaveStream:
 
     def save(self, images, stream_id, filename_prefix, fps, finish):
         """Append the frames; show the file in the UI."""
+        video = image_to_video(images)
         current = _WRITERS.get(stream_id)
-        if current is not None and current.settings != (filename_prefix, fps):
+        same_file = current is not None and current.settings == (filename_prefix, fps)
+        check_video_frames(video, current.writer.size if same_file else None)  # a refused run writes nothing
+        _check_prefix(filename_prefix)
+        if current is not None and not same_file:
             _close(stream_id)  # finish the old file properly before starting the new one
         state = _WRITERS.get_or_create(stream_id, (filename_prefix, fps), lambda: _StreamFile(filename_prefix, fps))
-        progress = host.Progress(len(images))
-        for batch in images.split(SAVE_BATCH):
-            state.writer.write(image_to_video(batch))
-            progress.update(len(batch))
+        progress = host.Progress(video.shape[1])
+        try:
+            for batch in video.split(SAVE_BATCH, dim=1):
+                state.writer.write(batch)
+                progress.update(batch.shape[1])
+        except BaseException:
+            if state.writer.frames == 0:  # a file that never got a frame: remove it rather than keep a broken writer
+                _discard(stream_id)
+            raise
         subfolder, filename = os.path.split(os.path.relpath(state.path, host.output_directory()))
         if finish:
             _close(stream_id)

@@ -12,6 +12,7 @@ next used; ComfyUI's "Unload models" / Free (unload_all_models) drops every stre
 next run starts over from its first frame and logs why.
 """
 
+import gc
 import itertools
 import logging
 import os
@@ -74,27 +75,72 @@ class StreamRegistry:
             self._touch(stream_id, entry)
             return entry.state
 
+    def replaced(self, stream_id: str, signature: Hashable):
+        """The state that get_or_create(stream_id, signature, ...) would replace, or None."""
+        entry = self._entries.get(stream_id)
+        return None if entry is None or entry.signature == signature else entry.state
+
     def get_or_create(self, stream_id: str, signature: Hashable, factory: Callable[[], Any]):
-        """The stream's state; a fresh one from `factory` if absent or if its signature changed."""
+        """The stream's state; a fresh one from `factory` if absent or if its signature changed.
+
+        The old state is replaced only once `factory()` succeeded: a run that fails (bad settings, a failed
+        allocation) never loses the stream it names. Validate settings before calling this, so the common
+        failures cost nothing; only when the new state does not fit beside the old one (out of memory) is
+        the old one freed first and the creation tried once more.
+        """
         if not stream_id:
             raise ValueError(f"{self.kind} stream id must not be empty: name the stream (e.g. 'main').")
         with _LOCK:
             entry = self._entries.get(stream_id)
-            if entry is not None and entry.signature != signature:
-                self._remove(stream_id)  # free the old state before allocating the new one
-                entry = None
-            if entry is None:
-                why = self._dropped.get(stream_id)
-                entry = _Entry(signature, factory())
-                self._entries[stream_id] = entry
-                if why is not None:
-                    del self._dropped[stream_id]
-                    log.warning("StreamVACE: the %s stream '%s' was dropped earlier (%s); it starts over from its "
-                                "first frame.", self.kind, stream_id, why)
-            else:
+            if entry is not None and entry.signature == signature:
                 self._touch(stream_id, entry)
+            else:
+                try:
+                    state = factory()
+                except (MemoryError, torch.OutOfMemoryError):
+                    if entry is None:
+                        raise
+                    self._remove(stream_id)  # the new state needs the old one's memory
+                    entry = None
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    state = factory()
+                entry = self._install(stream_id, signature, state)
             enforce_budget(keep=(self.kind, stream_id))
             return entry.state
+
+    def run(self, stream_id: str, signature: Hashable, factory: Callable[[], Any], call: Callable[[Any], Any],
+            fresh: bool = False):
+        """call(state) on the stream's state. A new state (`fresh`, absent, or a changed signature) replaces the
+        old one only once call(state) succeeded: a run with a reset or new settings that fails keeps the stream."""
+        if not stream_id:
+            raise ValueError(f"{self.kind} stream id must not be empty: name the stream (e.g. 'main').")
+        with _LOCK:
+            entry = self._entries.get(stream_id)
+            if not fresh and entry is not None and entry.signature == signature:
+                self._touch(stream_id, entry)
+                state = entry.state
+            else:
+                state = None
+        if state is not None:
+            return call(state)  # a state continued in place keeps itself unchanged when a call fails
+        state = factory()
+        result = call(state)
+        with _LOCK:
+            self._install(stream_id, signature, state)
+            enforce_budget(keep=(self.kind, stream_id))
+        return result
+
+    def _install(self, stream_id: str, signature: Hashable, state) -> _Entry:
+        """Put a new state in place of the stream's old one (closed), saying so if the stream had been dropped."""
+        self._remove(stream_id)
+        entry = self._entries[stream_id] = _Entry(signature, state)
+        why = self._dropped.pop(stream_id, None)
+        if why is not None:
+            log.warning("StreamVACE: the %s stream '%s' was dropped earlier (%s); it starts over from its "
+                        "first frame.", self.kind, stream_id, why)
+        return entry
 
     def was_dropped(self, stream_id: str):
         """Why the stream was dropped, if it was and has not started over yet (else None)."""

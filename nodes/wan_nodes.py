@@ -12,9 +12,9 @@ from ..models.wan import attention as attention_backends
 from ..models.wan.kv_cache import cache_policy as make_cache_policy
 from ..models.vae.latent_format import latents_to_comfy
 from ..models.vae.latent_preview import chunk_preview
-from ..models.wan.sampler import sigma_schedule
+from ..models.wan.sampler import parse_steps
 from ..models.wan.stream import StreamConfig
-from ..models.wan.stream_session import TIMINGS, Control, StreamSession
+from ..models.wan.stream_session import TIMINGS, Control, StreamSession, check_run
 from ..models.wan.vace_context import pixel_frame_start
 from ..models.wan.checkpoint import load_wan_model
 from ..models.wan.fast_path import compile_blocks, uncompile_blocks
@@ -22,7 +22,7 @@ from ..models.wan.fp8 import quantize_blocks_fp8
 from . import host
 from .model_cache import cached, file_key, use
 from .model_lists import DIT_KINDS, LORA_KINDS, UNINSPECTED_NOTE, VACE_KINDS, wan_files
-from .convert import image_to_video, mask_to_video
+from .convert import conditioning_to_embedding, image_to_video, mask_to_video
 from .streams import registry
 from .types import DTYPES, PROMPTS_TYPE, VAE_TYPE
 
@@ -231,36 +231,41 @@ class StreamVACESampler:
     def VALIDATE_INPUTS(cls, steps):  # naming only `steps` keeps ComfyUI's own range checks on the other inputs
         """Reject a steps string that is not a decreasing list of numbers in (0, 1000]."""
         try:
-            sigma_schedule([float(s) for s in steps.split(",")])
+            parse_steps(steps)
         except ValueError as error:
-            return f"steps must be comma-separated numbers decreasing within (0, 1000], got {steps!r} ({error})"
+            return str(error)
         return True
 
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
                warp_steps, vae=None, control=None, prompts=None, prefill=None, preview_vae=None):
         """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
         use(model, vae)  # back onto the GPU if ComfyUI offloaded them since the last run
-        step_list = tuple(float(s) for s in steps.split(","))
+        step_list = parse_steps(steps)
         config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
                               warp_steps=warp_steps, seed=seed)
+        prompt, controls = conditioning_to_embedding(positive), list(control or ())
         streams = registry("wan")
-        if reset:
-            streams.reset(stream_id)
         model_key = getattr(model, "streamvace_key", id(model))
         # the seed is not part of what restarts a stream: the frontend randomises it after every run
         signature = (model_key, dataclasses.replace(config, seed=0))
+        current = streams.get(stream_id)
+        replacing = current if reset else streams.replaced(stream_id, signature)
+        check_run(model, config, prompt, chunks, controls, vae, new_stream=current is None or replacing is not None,
+                  replacing=replacing)  # a failed check changes nothing
+        if reset:
+            streams.reset(stream_id)
         session = streams.get_or_create(stream_id, signature, lambda: StreamSession(model, config, vae))
         session.use_model(model)
         session.use_vae(vae)
         session.set_seed(seed)
         scheduled = None if prompts is None else prompts.at(session.chunks_done)  # no needless switch and back
-        session.set_prompt(positive[0][0] if scheduled is None else scheduled)
+        session.set_prompt(prompt if scheduled is None else scheduled)
         if prefill is not None and session.chunks_done == 0:
             session.prefill_video(image_to_video(prefill))
-        progress = host.Progress(chunks * (len(step_list) + 1))
+        progress = host.Progress(chunks * (len(step_list) + 1), "Stream Sampler")
         first_frame = session.stream.frames_done
         preview = (lambda z: progress.preview(chunk_preview(z, preview_vae))) if progress.shows_previews else None
-        latents = session.generate(chunks, control or (), on_step=lambda i, n: progress.update(1), prompts=prompts,
+        latents = session.generate(chunks, controls, on_step=lambda i, n: progress.update(1), prompts=prompts,
                                    on_chunk=preview)
         # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills
         # in chunks that a failed or interrupted run generated but never delivered (see stream_latents)

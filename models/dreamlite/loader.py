@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint_io import CheckpointError
+from ..checkpoint_io import CheckpointError, check_finite_weights
 from .text_encoder import EditPromptEncoder, VisionPatching
 
 LICENCE_NOTE = "DreamLite weights are licensed CC BY-NC 4.0 (non-commercial use only)."
@@ -121,9 +121,13 @@ def load_dreamlite(folder: str, device="cpu", dtype: torch.dtype = torch.bfloat1
     from transformers import AutoTokenizer, Qwen3VLModel
 
     check_dreamlite_folder(folder)
-    unet = _load("unet", folder, lambda: DreamLiteUNetModel.from_pretrained(folder, subfolder="unet",
-                                                                            torch_dtype=dtype))
-    vae = _load("vae", folder, lambda: AutoencoderTiny.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
+    # low_cpu_mem_usage=False: diffusers' default needs `accelerate` and prints a warning without it; the U-Net
+    # (0.39 B) and TAESDXL (2.4 M) are small enough to build on the CPU first (about a second, once per load),
+    # which is not worth one more dependency in ComfyUI's environment
+    unet = _load("unet", folder, lambda: DreamLiteUNetModel.from_pretrained(
+        folder, subfolder="unet", torch_dtype=dtype, low_cpu_mem_usage=False))
+    vae = _load("vae", folder, lambda: AutoencoderTiny.from_pretrained(
+        folder, subfolder="vae", torch_dtype=dtype, low_cpu_mem_usage=False))
     scheduler = _load("scheduler", folder, lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(
         folder, subfolder="scheduler"))
     # the bare Qwen3VLModel: DreamLite reads the last hidden state, so the 151936-way lm_head is never loaded
@@ -137,6 +141,7 @@ def load_dreamlite(folder: str, device="cpu", dtype: torch.dtype = torch.bfloat1
         raise CheckpointError(f"{folder}: the text encoder's hidden size {text.config.text_config.hidden_size} "
                               f"does not match the U-Net's encoder_hid_dim {unet_width}; the parts come from "
                               f"different models. {DOWNLOAD_HINT}")
-    for module in (unet, vae, text):
+    for part, module in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         module.to(device).eval().requires_grad_(False)
+        check_finite_weights(module.named_parameters(), os.path.join(folder, part))
     return DreamLiteModels(unet, vae, scheduler, EditPromptEncoder(text, tokenizer, patching), folder)

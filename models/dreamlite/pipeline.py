@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .loader import DreamLiteModels
+from ..checks import check_values
 from ..flow_warp import FlowWorkers, gray_uint8, wait_flows, warp_backward
 
 SIZE_MULTIPLE = 32  # VAE /8 times the U-Net's two downsamples; also the deepest LLLite stride
@@ -77,6 +78,20 @@ class _Prefetched:
     flows: list
     real: int
     ready: object
+
+
+def check_frames(frames: torch.Tensor, alpha: bool = False) -> None:
+    """Raise ValueError unless `frames` is a finite IMAGE batch [T, H, W, 3] (or 4 with `alpha`) in [0, 1]
+    (one host sync)."""
+    channels = (3, 4) if alpha else (3,)
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in channels \
+            or frames.shape[0] == 0:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        hint = (" (channels first? ComfyUI IMAGE is channels-last)" if isinstance(frames, torch.Tensor)
+                and frames.ndim == 4 and frames.shape[1] in channels else "")
+        raise ValueError(f"expected frames [T, H, W, 3] (an IMAGE batch, RGB) with at least one frame, got "
+                         f"{shape}{hint}")
+    check_values(frames, "the frames to stylize", 0.0, 1.0, "IMAGE frames are RGB in [0, 1]")
 
 
 def resize_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -158,8 +173,7 @@ class DreamLiteStylizer:
         batch (progress, cancellation: an exception there leaves the stream as it was).
         """
         options.validate()
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-            raise ValueError(f"expected frames [T, H, W, 3], got shape {tuple(frames.shape)}")
+        check_frames(frames)  # before anything changes: a NaN frame would poison every later frame
         if tuple(frames.shape[1:3]) != (self.height, self.width):
             raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]} but this stylizer was built for "
                              f"{self.width}x{self.height}; resize them first (resize_frames)")

@@ -133,7 +133,7 @@ class EditPromptEncoder:
         batch_mask = mask.to(device).expand(batch, -1)
         rope = lm.rotary_emb(batch_embeds, positions.to(device).expand(-1, batch, -1))
         causal = create_causal_mask(config=lm.config, inputs_embeds=batch_embeds, attention_mask=batch_mask,
-                                    past_key_values=None)
+                                    cache=None)  # `past_key_values=` goes in transformers 5.40
         visual = self.model.visual
         indices, weights = get_vision_interpolation_indices_and_weights(
             grid, visual.num_grid_per_side, mode=visual.interpolation_mode,

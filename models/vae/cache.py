@@ -14,7 +14,9 @@ or interrupted call leaves the stream exactly as it was.
 
 import torch
 
-from .latent_format import LATENT_CHANNELS, check_latents
+from ..checks import check_finite, check_values
+
+from .latent_format import check_latents
 
 SPATIAL_FACTOR = 8
 TEMPORAL_FACTOR = 4
@@ -133,6 +135,18 @@ def check_video_chunk(video: torch.Tensor, first_chunk: bool) -> None:
             "Send 4, 8, 12, ... frames, or reset the stream to start a new clip.")
 
 
+def check_video_values(video: torch.Tensor) -> None:
+    """Raise a clear error unless the frames are finite and in [-1, 1] (one host sync: call once per call)."""
+    check_values(video, "the video frames given to the VAE", -1.0, 1.0,
+                 "the VAE takes video in [-1, 1] (ComfyUI IMAGE in [0, 1] converts as x * 2 - 1)")
+
+
+def check_latent_values(latents: torch.Tensor) -> None:
+    """Raise a clear error if the latents hold NaN or infinite values (one host sync: call once per call)."""
+    check_finite(latents, "the latents given to the VAE decoder",
+                 "the sampler or a node before the decoder produced them; NaN latents decode to black frames")
+
+
 def check_latent_chunk(latents: torch.Tensor) -> None:
     """Raise a clear error unless `latents` is [B,16,T>0,h,w] with h, w even (frames a multiple of 16 pixels)."""
     check_latents(latents)
@@ -169,18 +183,23 @@ class StreamingVAE:
     def _decoder_input(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.to(device=self.device, dtype=self.dtype)
 
-    def _begin_encode(self, video: torch.Tensor, cache) -> tuple:
-        """(frames on the VAE, cache, frame shape, step) for an encode call."""
+    def _begin_encode(self, video: torch.Tensor, cache, check_inputs: bool = True) -> tuple:
+        """(frames on the VAE, cache, frame shape, step) for an encode call; check_inputs=False skips the value
+        check (a caller that checked its inputs once per call: no sync per chunk)."""
         cache = self.new_encoder_cache() if cache is None else cache
         check_video_chunk(video, cache.first_chunk)
+        if check_inputs:
+            check_video_values(video)
         x = video.to(device=self.device, dtype=self.dtype)
         shape, step = begin_call(cache, self._owner, "encoder", x)
         return x, cache, shape, step
 
-    def _begin_decode(self, latents: torch.Tensor, cache) -> tuple:
+    def _begin_decode(self, latents: torch.Tensor, cache, check_inputs: bool = True) -> tuple:
         """(decoder input, cache, frame shape, step) for a decode call."""
         cache = self.new_decoder_cache() if cache is None else cache
         check_latent_chunk(latents)
+        if check_inputs:
+            check_latent_values(latents)
         x = self._decoder_input(latents)
         shape, step = begin_call(cache, self._owner, "decoder", x)
         return x, cache, shape, step

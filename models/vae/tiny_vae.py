@@ -26,7 +26,7 @@ Conventions, and how they are matched to the Wan VAE (see models/vae/cache.py):
 import torch
 import torch.nn as nn
 
-from ..checkpoint_io import CheckpointError, read_checkpoint, state_mismatch
+from ..checkpoint_io import CheckpointError, check_finite_weights, read_checkpoint, state_mismatch
 from .latent_format import LATENT_CHANNELS
 from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, CacheStep, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
@@ -151,9 +151,9 @@ class TinyVAE(nn.Module, StreamingVAE):
         return x
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
-        x, cache, shape, step = self._begin_encode(video, cache)
+        x, cache, shape, step = self._begin_encode(video, cache, check_inputs)
         if step.first:  # 3 copies of frame 0 in front: latent 0 = frame 0, latent i = frames 4i-3 .. 4i
             x = torch.cat([x[:, :, :1].expand(-1, -1, TEMPORAL_FACTOR - 1, -1, -1), x], dim=2)
         batch, _, frames, height, width = x.shape
@@ -164,9 +164,9 @@ class TinyVAE(nn.Module, StreamingVAE):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
-        x, cache, shape, step = self._begin_decode(latents, cache)
+        x, cache, shape, step = self._begin_decode(latents, cache, check_inputs)
         batch, channels, frames, height, width = x.shape
         out = self._run(self.decoder, x.transpose(1, 2).reshape(batch * frames, channels, height, width), batch, step)
         video = out.view(batch, -1, *out.shape[1:]).transpose(1, 2).clamp(0.0, 1.0) * 2.0 - 1.0
@@ -208,4 +208,6 @@ def load_tiny_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") -
         raise CheckpointError(f"{path}: looks like a TAEHV tiny VAE but does not match the taew2_1 layout: "
                               f"{mismatch}. Use taew2_1.pth or taew2_1.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
-    return vae.to(device=device, dtype=dtype).eval()
+    vae = vae.to(device=device, dtype=dtype).eval()
+    check_finite_weights(vae.named_parameters(), path)
+    return vae

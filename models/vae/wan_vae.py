@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint_io import CheckpointError, read_checkpoint, state_mismatch
+from ..checkpoint_io import CheckpointError, check_finite_weights, read_checkpoint, state_mismatch
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
 from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
@@ -143,9 +143,9 @@ class WanVAE(nn.Module, StreamingVAE):
         return VAECache(self._owner, "decoder", self._decoder_slots, mid_stream=mid_stream)
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
-        x, cache, shape, step = self._begin_encode(video, cache)
+        x, cache, shape, step = self._begin_encode(video, cache, check_inputs)
         pieces = []
         if step.first:  # frame 0 alone becomes latent 0
             pieces.append(self.encoder(x[:, :, :1], step))
@@ -160,9 +160,9 @@ class WanVAE(nn.Module, StreamingVAE):
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: VAECache = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
-        raw, cache, shape, step = self._begin_decode(latents, cache)
+        raw, cache, shape, step = self._begin_decode(latents, cache, check_inputs)
         x = self.conv2(raw)
         pieces = []
         if step.first:  # latent 0 alone decodes to frame 0
@@ -223,4 +223,6 @@ def load_wan_vae(path: str, dtype: torch.dtype = torch.float32, device="cpu") ->
                               "The file is damaged or a variant StreamVACE does not know; use Wan2.1_VAE.pth or "
                               "wan_2.1_vae.safetensors.")
     vae.load_state_dict(state_dict, assign=True)
-    return vae.to(device=device, dtype=dtype).eval()
+    vae = vae.to(device=device, dtype=dtype).eval()
+    check_finite_weights(vae.named_parameters(), path)
+    return vae

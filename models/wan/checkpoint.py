@@ -13,7 +13,8 @@ import re
 
 import torch
 
-from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, key_summary, read_checkpoint, safetensors_keys
+from ..checkpoint_io import (SAFETENSORS_SUFFIXES, CheckpointError, check_finite_weights, key_summary, nonfinite_error,
+                             nonfinite_names, read_checkpoint, safetensors_keys)
 from .dit import WanConfig, WanDiT
 
 WRAPPERS = ("generator_ema", "generator", "generator_lora", "state_dict", "model", "module")
@@ -179,7 +180,13 @@ def merge_lora(sd: dict, lora: dict, strength: float = 1.0, source: str = "LoRA"
             re.match(r"^(.*?)\.(alpha)$", key)
         if m:
             pairs.setdefault(m.group(1), {})[m.group(2)] = tensor
-    merged, unknown = 0, []
+    if not pairs:
+        raise CheckpointError(f"{source}: holds no LoRA layers (no lora_A / lora_B or lora_down / lora_up weights); "
+                              f"it looks like {describe_state_dict(_strip_prefixes(lora))}. Pick a LoRA made for "
+                              "Wan2.1 (models/loras), or load this file with the loader for its kind.")
+    if not isinstance(strength, (int, float)) or not abs(strength) < float("inf"):
+        raise CheckpointError(f"{source}: the LoRA strength must be a finite number, got {strength!r}")
+    merged, unknown, updates = 0, [], {}
     for module, parts in pairs.items():
         target = module
         for prefix in ("lora_unet_", "base_model.model.", "model.diffusion_model.", "diffusion_model.", "model."):
@@ -187,17 +194,29 @@ def merge_lora(sd: dict, lora: dict, strength: float = 1.0, source: str = "LoRA"
         target = target if target + ".weight" in sd else by_flat_name.get(target, target)
         down = parts.get("lora_A", parts.get("lora_down"))
         up = parts.get("lora_B", parts.get("lora_up"))
-        if target + ".weight" not in sd or down is None or up is None:
+        if target + ".weight" not in sd:
             unknown.append(module)
             continue
-        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+        if down is None or up is None:
+            raise CheckpointError(f"{source}: layer {module} has only {'lora_B/up' if down is None else 'lora_A/down'} "
+                                  "weights, not both halves; the file is incomplete. Download it again.")
         weight = sd[target + ".weight"]
-        delta = (up.float().flatten(1) @ down.float().flatten(1)).reshape(weight.shape)
-        sd[target + ".weight"] = (weight.float() + strength * scale * delta).to(weight.dtype)
+        down2, up2 = down.flatten(1), up.flatten(1)
+        # exact shapes, not element counts: a LoRA for another model can have as many elements by chance
+        if up2.shape != (weight.shape[0], down2.shape[0]) or down2.shape[1] != weight[0].numel():
+            raise CheckpointError(
+                f"{source}: layer {module} does not fit the model: its up {tuple(up.shape)} x down {tuple(down.shape)} "
+                f"give a {up2.shape[0]}x{down2.shape[1]} update, but the model's {target}.weight is "
+                f"{tuple(weight.shape)}. The LoRA was made for another model or size (this one has width "
+                f"{sd['head.modulation'].shape[-1] if 'head.modulation' in sd else '?'}); pick a LoRA for it.")
+        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+        delta = (up2.float() @ down2.float()).reshape(weight.shape)
+        updates[target + ".weight"] = (weight.float() + strength * scale * delta).to(weight.dtype)
         merged += 1
     if unknown or not merged:
         raise CheckpointError(f"{source}: {len(unknown)} of {len(pairs)} LoRA layers match no layer of the model "
                               f"(first: {key_summary(unknown)}). Is it a LoRA for Wan2.1 of this size?")
+    sd.update(updates)  # only once every layer fitted: a refused LoRA leaves the weights as they were
     return merged
 
 
@@ -225,7 +244,9 @@ def load_wan_model(path: str, *, vace_path: str = None, loras=(), dtype=torch.bf
     if loras:  # merge into dequantised float32 weights: an fp8 weight would round the LoRA's delta away
         sd = _to_dtype(sd, torch.float32)
     for lora_path, strength in loras:
-        merge_lora(sd, _unwrap(read_checkpoint(lora_path), lora_path), strength, lora_path)
+        lora = _unwrap(read_checkpoint(lora_path), lora_path)
+        check_finite_weights(lora.items(), lora_path)
+        merge_lora(sd, lora, strength, lora_path)
     sd = _to_dtype(sd, dtype)
     try:
         config = WanConfig.from_state_dict(sd)
@@ -244,4 +265,8 @@ def load_wan_model(path: str, *, vace_path: str = None, loras=(), dtype=torch.bf
             f"(dim {config.dim}, {config.num_layers} blocks, {config.num_vace_blocks} VACE blocks). "
             f"Missing: {key_summary(result.missing_keys) or 'none'}. "
             f"Unexpected: {key_summary(result.unexpected_keys) or 'none'}.")
-    return model.to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    bad = nonfinite_names(model.named_parameters())
+    if bad:  # name the file they came from: the VACE module file when only VACE weights are bad
+        raise nonfinite_error(vace_path if vace_path and all(n.startswith("vace_") for n in bad) else path, bad, dtype)
+    return model

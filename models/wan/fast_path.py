@@ -28,8 +28,6 @@ _COMPILED = {}
 
 def compile_blocks(model, mode: str = None, backend: str = "inductor") -> None:
     """Fuse the elementwise work of every base and VACE block with torch.compile (shared per block class)."""
-    from .blocks import WanBlock
-
     # parameters are graph inputs, so one artefact serves every block of a class; the limit only has to
     # cover the distinct shapes a process meets (sizes x chunk / reference token counts)
     if torch._dynamo.config.recompile_limit < 64:

@@ -28,6 +28,17 @@ def sigma_schedule(steps=DEFAULT_STEPS, warp: bool = True, shift: float = DEFAUL
     return [shifted_sigma(t / 1000.0, shift) if warp else t / 1000.0 for t in steps]
 
 
+def parse_steps(text: str) -> tuple:
+    """Nominal timesteps from a comma-separated string such as "1000,750,500,250" (checked by sigma_schedule)."""
+    try:
+        steps = tuple(float(part) for part in str(text).split(","))
+        sigma_schedule(steps)
+    except ValueError as error:
+        raise ValueError(f"steps must be comma-separated numbers (timesteps) decreasing within (0, 1000], such as "
+                         f"'1000,750,500,250'; got {text!r} ({error})") from None
+    return steps
+
+
 def model_timestep(sigma: float) -> float:
     """The timestep the DiT is conditioned on for a noise level."""
     return 1000.0 * sigma

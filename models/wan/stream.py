@@ -17,6 +17,7 @@ from .fast_path import ChunkGraphs
 from .kv_cache import CachePolicy, cache_policy
 from .long_horizon import build_cache
 from .rope import RotaryTable
+from .stream_checks import check_config, check_prompt
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
 from .vace import VaceInput, combine_hints, vace_hints  # noqa: F401 (VaceInput: part of this API)
 from .dit import WanDiT
@@ -57,10 +58,7 @@ class WanStream:
         self.model = model
         param = model.head.head.weight
         self.device, self.dtype = param.device, param.dtype
-        if c.height % 16 or c.width % 16 or c.height <= 0 or c.width <= 0:
-            raise ValueError(f"height and width must be positive multiples of 16, got {c.height}x{c.width}")
-        if c.chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {c.chunk_frames}")
+        check_config(c)
         if c.recache not in RECACHE_MODES:
             raise ValueError(f"unknown prompt-switch re-cache {c.recache!r}; choose one of {RECACHE_MODES}")
         self.latent_shape = (c.batch, model.config.in_dim, c.chunk_frames, c.height // VAE_SPATIAL, c.width // VAE_SPATIAL)
@@ -110,8 +108,7 @@ class WanStream:
         before the next chunk (config.recache says how; see `_recache_longlive`). A cache that keeps no fixed
         frame set (deep_forcing) does not re-cache: the new prompt acts from the next chunk.
         """
-        if text.shape[0] not in (1, self.config.batch):
-            raise ValueError(f"prompt batch {text.shape[0]} does not match the stream batch {self.config.batch}")
+        check_prompt(text, self.model, self.config.batch)  # once per prompt, not per chunk
         with torch.inference_mode():
             base, vace = self.model.text_kv(text.to(self.device).expand(self.config.batch, -1, -1))
         self.text_kv = (base, vace)

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_finite
 from ..memory import state_nbytes
 from .stream import StreamConfig, VaceInput, WanStream
 from ..vae.stream import same_weights
 from .vace_reference import VaceReference
-from .vace_context import (VaceContextBuilder, check_finite, frame_reference_control, pixel_frame_start,
-                           pixel_frames_for_chunk)
+from .vace_context import VaceContextBuilder, frame_reference_control, pixel_frame_start, pixel_frames_for_chunk
+from .stream_checks import check_chunks, check_config, check_control_input, check_memory, check_prompt
 from .dit import WanDiT
 
 TIMINGS = ("stream", "call")
@@ -46,12 +47,16 @@ class Control:
         if all(getattr(self, name) is None for name in names):
             raise ValueError("a VACE control needs a control video, a mask, reference images or a first/last "
                              "frame; connect at least one")
-        for name in names:
-            value = getattr(self, name)
-            if value is not None:
-                if value.numel() == 0:
-                    raise ValueError(f"the control's {name} is empty")
-                check_finite(value, f"the control's {name}")
+        for name in names:  # once, here: the chunk loop then runs without host syncs
+            if getattr(self, name) is not None:
+                check_control_input(name, getattr(self, name))
+        if self.frames is not None and self.mask is not None and self.frames.shape[2:] != self.mask.shape[2:]:
+            raise ValueError(f"the control's frames are {tuple(self.frames.shape[2:])} (height, width) but its mask "
+                             f"is {tuple(self.mask.shape[2:])}: give masks of the frames' size")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or \
+                not abs(self.strength) < float("inf"):
+            raise ValueError(f"the control's strength must be a finite number (1.0 = VACE's scale), "
+                             f"got {self.strength!r}")
 
 
 def fit_video(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -100,6 +105,32 @@ def _window(video: torch.Tensor, start: int, length: int) -> torch.Tensor:
     return video[:, index]
 
 
+def check_controls(controls, model: WanDiT, vae) -> None:
+    """Raise ValueError unless `controls` is a sequence of Control that this model and VAE can use."""
+    if isinstance(controls, Control) or not isinstance(controls, (list, tuple)):
+        raise ValueError(f"controls must be a list of Control, got {type(controls).__name__}")
+    for control in controls:
+        if not isinstance(control, Control):
+            raise ValueError(f"controls must be Control objects (stream_session.Control), got {type(control).__name__}")
+    if controls and not model.has_vace:
+        raise ValueError("VACE control was given but the model has no VACE blocks: load a VACE checkpoint "
+                         "(or add a VACE module file in the loader)")
+    if controls and vae is None:
+        raise ValueError("VACE controls need a VAE: connect one to the sampler")
+
+
+def check_run(model: WanDiT, config: StreamConfig, prompt: torch.Tensor, chunks: int, controls=(), vae=None,
+              new_stream: bool = True, replacing: "StreamSession" = None) -> None:
+    """Every check a run makes before it touches a stream: settings, prompt, chunk count, controls and, for a
+    `new_stream`, memory (counting that of the session it is `replacing`). Raises ValueError / MemoryError."""
+    check_config(config)
+    check_chunks(chunks)
+    check_prompt(prompt, model, config.batch)
+    check_controls(controls, model, vae)
+    if new_stream:
+        check_memory(model, config, reclaimable=0 if replacing is None else replacing.nbytes)
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a CPU tensor to a CUDA device without stalling the host (pinned, non-blocking); else a plain .to."""
     if tensor is None or tensor.device == device:
@@ -124,6 +155,8 @@ class StreamSession:
     """A WanStream with its prompt, controls (each with its own VACE context builder) and references."""
 
     def __init__(self, model: WanDiT, config: StreamConfig, vae=None):
+        check_config(config)
+        check_memory(model, config)  # before allocating: a clear refusal instead of an allocator error
         self.stream = WanStream(model, config)
         self.config, self.vae = config, vae
         self._states = []  # one per control of the last run (see _claim)
@@ -141,8 +174,8 @@ class StreamSession:
 
     def set_prompt(self, text: torch.Tensor) -> None:
         """Use this prompt from the next chunk on (a no-op when it is unchanged)."""
-        if text.device.type == "cpu":
-            check_finite(text, "the prompt embedding")
+        if not isinstance(text, torch.Tensor):
+            check_prompt(text, self.stream.model, self.config.batch)
         if self._prompt is None or self._prompt.shape != text.shape or not torch.equal(self._prompt, text):
             self.stream.set_prompt(text)
             self._prompt = text.clone()
@@ -240,9 +273,8 @@ class StreamSession:
         prompts: a PromptSchedule; each chunk switches to the prompt its index falls in (with the KV re-cache).
         on_chunk(latents): called with each chunk's latents once it is committed (e.g. for a preview).
         """
-        if controls and not self.stream.model.has_vace:
-            raise ValueError("VACE control was given but the model has no VACE blocks: load a VACE checkpoint "
-                             "(or add a VACE module file in the loader)")
+        check_chunks(chunks)
+        check_controls(controls, self.stream.model, self.vae)
         call_start = pixel_frame_start(self.stream.chunks_done, self.config.chunk_frames)
         states = self._claim(controls) if controls else []
         staged = [self._stage(control, call_start, chunks) for control in controls]

@@ -17,6 +17,8 @@ group, so a pixel marked for generation in any frame of the group is never kept 
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_finite, check_values
+
 MASK_CHANNELS = 64
 MASK_TIME_SAMPLING = ("nearest", "max")
 
@@ -29,12 +31,6 @@ def pixel_frames_for_chunk(chunk_index: int, chunk_frames: int = 3) -> int:
 def pixel_frame_start(chunk_index: int, chunk_frames: int = 3) -> int:
     """Index of the first pixel frame of chunk `chunk_index` in the stream."""
     return 0 if chunk_index == 0 else pixel_frames_for_chunk(0, chunk_frames) + 4 * chunk_frames * (chunk_index - 1)
-
-
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """Raise a clear error if a (CPU-side) input holds NaN or infinite values."""
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{what} contains NaN or infinite values; check the node that produced it")
 
 
 def mask_to_latent_channels(mask: torch.Tensor, first_chunk: bool, time: str = "nearest") -> torch.Tensor:
@@ -96,14 +92,14 @@ class VaceContextBuilder:
         t = self.frames_needed()
         shape = (self.batch, t, self.height, self.width)
         device, dtype = self.vae.device, self.vae.dtype
-        for name, tensor, channels in (("control frames", frames, 3), ("control mask", mask, 1)):
+        for name, tensor, channels, low in (("control frames", frames, 3, -1.0), ("control mask", mask, 1, 0.0)):
             if tensor is None:
                 continue
             if tensor.ndim != 5 or tensor.shape[1] != channels or (tensor.shape[0], *tensor.shape[2:]) != shape:
                 raise ValueError(f"{name} must be [{self.batch}, {channels}, {t}, {self.height}, {self.width}] for "
                                  f"chunk {self.chunks}, got {tuple(tensor.shape)}")
-            if tensor.device.type == "cpu":
-                check_finite(tensor, name)
+            if tensor.device.type == "cpu":  # on a GPU the caller checks once per call (no sync per chunk)
+                check_values(tensor, name, low, 1.0)
         if frames is None:  # gray: no control
             frames = torch.zeros(self.batch, 3, t, self.height, self.width, device=device)
         if mask is None:  # generate everywhere
@@ -121,8 +117,9 @@ class VaceContextBuilder:
         if self._fresh and self.chunks > 0:
             # A control that joins mid-stream: a VAE stream starts with a lone frame, so lead with a copy of
             # the chunk's first frame and drop its latent; the groups then line up with the stream's.
-            return self.vae.encode(torch.cat([video[:, :, :1], video], dim=2), cache=cache)[:, :, 1:]
-        return self.vae.encode(video, cache=cache)
+            video = torch.cat([video[:, :, :1], video], dim=2)
+            return self.vae.encode(video, cache=cache, check_inputs=False)[:, :, 1:]
+        return self.vae.encode(video, cache=cache, check_inputs=False)  # checked once per call, by the session
 
     def commit(self) -> None:
         """Adopt the caches of the last built chunk (call after the chunk was generated)."""
