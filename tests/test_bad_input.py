@@ -120,7 +120,7 @@ def test_a_bad_sampler_run_after_good_runs_keeps_the_stream(models, overrides, w
 
 
 def test_a_stream_too_large_for_memory_is_refused_with_the_estimate_and_keeps_the_stream(models, monkeypatch):
-    from streamvace.models import memory
+    from streamvace.models import memory_checks as memory
 
     model, _ = models
     sampler = NODES["StreamVACESampler"]()
@@ -673,7 +673,7 @@ def test_progress_is_logged_on_slow_devices(monkeypatch, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["Stream Sampler: step 1 of 5 took 12 s (about 48 s left); a smaller size or a GPU is faster",
                         "Stream Sampler: step 2 of 5 took 12 s (about 37 s left); a smaller size or a GPU is faster"]
-    assert math.isclose(progress.done, 3)
+    assert math.isclose(progress.current, 3)
 
 
 @pytest.mark.parametrize("reset", [False, True])
