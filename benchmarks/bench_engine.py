@@ -218,7 +218,7 @@ def time_attention_kernels(height, width, device, dtype):
     return out
 
 
-def profile_chunk(model, height, width, vace, out_dir):
+def profile_chunk(model, height, width, vace, out_dir, name="profile"):
     """Kernel table of two steady chunks (compiled blocks, no graphs, so every kernel shows), top 25 by GPU time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -232,7 +232,7 @@ def profile_chunk(model, height, width, vace, out_dir):
             stream.next_chunk(controls)
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
-    with open(os.path.join(out_dir, f"profile_{'vace' if vace else 't2v'}_{height}x{width}.txt"), "w") as handle:
+    with open(os.path.join(out_dir, f"{name}_{'vace' if vace else 't2v'}_{height}x{width}.txt"), "w") as handle:
         handle.write(table)
     return table
 
@@ -314,6 +314,8 @@ def main(argv=None) -> int:
         quantize_blocks_fp8(fp8)
         compile_blocks(fp8, backend=backend)
         record("fp8_t2v", time_stream(fp8, height, width, False, warmup=6, chunks=chunks, fast=cuda))
+        if "profile" in sections and cuda:
+            print(profile_chunk(fp8, height, width, False, args.out, name="profile_fp8"), flush=True)
         errors = compare_paths(model, fp8, height, width, False, 2 if args.smoke else 50, cuda, cuda)
         record("fp8_vs_bf16_rel_error", {"chunk_1": errors[0], "chunk_50": errors[-1], "all": errors})
         del fp8

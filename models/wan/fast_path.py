@@ -14,6 +14,7 @@ Two layers, each optional, each exact to the eager loop up to kernel round-off:
    prompt's K/V. Nothing in a replay syncs with the host.
 """
 
+import dataclasses
 import logging
 
 import torch
@@ -102,18 +103,15 @@ class ChunkGraphs:
         for static, item in zip(inputs, vace):
             static.copy_(item.context)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(inputs, key, need_output)
+            self._graphs[key] = self._capture([dataclasses.replace(item, context=static)
+                                               for item, static in zip(vace, inputs)], need_output)
         graph, out = self._graphs[key]
         if graph is None:
             return out()
         graph.replay()
         return out
 
-    def _capture(self, inputs, key, need_output):
-        from .stream import VaceInput
-
-        vace = [VaceInput(context, scale) for context, scale in zip(inputs, key[1])]
-
+    def _capture(self, vace, need_output):
         def run():
             return self.stream._forward(self.x, None, self.attends, self.rope, vace, need_output=need_output,
                                         time=self.time, text_kv=self.text_kv)

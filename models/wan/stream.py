@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attention
+from .fast_path import ChunkGraphs
 from .kv_cache import CachePolicy, KVCache, cache_policy
 from .rope import RotaryTable
 from .sampler import DEFAULT_SHIFT, DEFAULT_STEPS, chunk_seed, model_timestep, predict_x0, renoise, sigma_schedule
@@ -232,8 +233,6 @@ class WanStream:
         (cache full, no reference images), else the eager blocks."""
         if self.cuda_graphs and self.cache.is_steady(slots) and all(item.reference is None for item in vace):
             if self._graphs is None:
-                from .fast_path import ChunkGraphs
-
                 self._graphs = ChunkGraphs(self)
             self._graphs.prepare_chunk(slots, rope)
             return self._graphs.forward
