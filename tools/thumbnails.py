@@ -234,6 +234,22 @@ def picture(name: str) -> Image.Image:
         return compose(info.title, [(Image.fromarray(marked), "tracked object (SAM2)"),
                                     (Image.fromarray(masked), "regenerated inside the mask")],
                        "the rest of each frame is kept", chunk_strip())
+    if kind == "extend":
+        return compose(info.title, [(first, "clip start"), (last, "clip end: the stream starts here")],
+                       "the clip's last frames prefill the cache; new chunks follow",
+                       chunk_strip(first=last, chunks=(12, 12, 12, 12)))
+    if kind == "outpaint":
+        from streamvace.annotators.outpaint import outpaint_canvas, outpaint_padding
+
+        padding = outpaint_padding(HEIGHT, WIDTH, ["left", "right"], 0.3, 0)
+        canvas, mask = outpaint_canvas(clip[:, FRAMES // 2:FRAMES // 2 + 1], padding, (HEIGHT, WIDTH))
+        return compose(info.title, [(middle, "source video"), (to_image(canvas, 0), "canvas: new sides gray (mask)")],
+                       "VACE fills the gray sides, frame by frame", chunk_strip())
+    if kind == "schedule":
+        schedule = "0: a red fox in a snowy birch forest\n4: ... at a frozen lake at sunset\n8: ... under the northern lights"
+        return compose(info.title, [(text_card(schedule, (400, 120)), "prompt schedule (chunk: prompt)")],
+                       "one continuous video; the prompt switches at chunks 4 and 8",
+                       chunk_strip(chunks=(45, 48, 36), labels=("chunks 0-3: forest", "4-7: lake", "8-: night")))
     if kind == "live":
         gray = GrayAnnotator()(clip[:, [8, 20, 32]])
         return compose(info.title, [(to_image(gray, 0), "run 1"), (to_image(gray, 1), "run 2"),

@@ -32,6 +32,13 @@ WORKFLOWS = {
         ("Each run makes 3 chunks (33 frames at first) that start on the first image and end on the last.",
          "Queue again to continue: every run ends on the last image again.",
          "Works best when both images show the same scene."), "flf"),
+    "continue_clip": Workflow(
+        "Continue a clip (extension via prefill)", "Continues an existing video: its last frames are encoded into "
+        "the stream's cache and generation goes on from there.",
+        ("Replace the clip with yours (at least 9 frames; its last 9 + 12k frames are used, scaled and centre-cropped "
+         "to 832x480). The saved video holds only the new frames: join it after your clip.",
+         "The clip is read when the stream starts (first run or `reset`); later runs just continue.", QUEUE_AGAIN),
+        "extend"),
     "depth_control": Workflow(
         "Depth control (follow a video's motion)", "Restyles a video by its depth: shapes and motion follow the "
         "source, the look follows the prompt.",
@@ -57,11 +64,22 @@ WORKFLOWS = {
         "regenerates inside its mask and keeps the rest.",
         ("Set the point (first-frame pixels) on the object to replace, or give a box; the mask grows a little to "
          "cover the edges.", "The prompt describes the whole scene with the new object.", QUEUE_AGAIN), "inpaint"),
+    "outpaint": Workflow(
+        "Outpaint (widen a video)", "Extends a video beyond its borders: the source is shrunk onto a wider canvas and "
+        "VACE generates the new sides.",
+        ("Choose the sides and expand_ratio on the Outpaint node; width and height match the sampler so the canvas "
+         "fills the frame exactly.", "The whole clip is prepared once (timing `stream`: control frame i steers "
+         "video frame i).", QUEUE_AGAIN), "outpaint"),
     "reference_depth": Workflow(
         "Reference image + depth (composition)", "Puts the subject of a reference image into a video whose layout "
         "follows a source's depth.",
         ("The reference is a subject on a white background; it steers the whole stream (encoded once).",
          "Replace the source video to change the motion.", QUEUE_AGAIN), "reference"),
+    "prompt_schedule": Workflow(
+        "Prompt switching mid-stream (schedule)", "Changes the prompt at given chunks of one continuous video "
+        "(LongLive's prompt switch re-caches the recent frames).",
+        ("One `chunk: prompt` per line; chunk 4 starts at frame 45 (9 + 3 x 12). Before the first entry the Prompt "
+         "node holds.", "Queue 12 times (or set chunks) to see all three prompts.", QUEUE_AGAIN), "schedule"),
     "lora_text_to_video": Workflow(
         "LoRAs (chained)", "Text to video with a second LoRA chained after LongLive's.",
         ("Chain any number of LoRA nodes through `previous`; LoRAs are merged at load (PEFT or kohya naming).",
