@@ -32,6 +32,13 @@ WORKFLOWS = {
         ("Each run makes 3 chunks (33 frames at first) that start on the first image and end on the last.",
          "Queue again to continue: every run ends on the last image again.",
          "Works best when both images show the same scene."), "flf"),
+    "stream_endless_infinity": Workflow(
+        "Endless stream (LongLive-infinity cache)", "Generates one video that never ends, with the cache policy made "
+        "for long streams: keys are rotated by their place in the window, so positions never grow.",
+        ("Queue it again and again (or set the queue to repeat): every run appends 12 frames to one MP4.",
+         "Pick the cache policy on the sampler: infinity (LongLive-infinity) or deep_forcing (deep sink + "
+         "participative compression) keep long streams on course; longlive is the trained default.", QUEUE_AGAIN),
+        "t2v"),
     "continue_clip": Workflow(
         "Continue a clip (extension via prefill)", "Continues an existing video: its last frames are encoded into "
         "the stream's cache and generation goes on from there.",
