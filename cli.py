@@ -214,7 +214,10 @@ def _add_generate(commands) -> None:
     g.add_argument("--width", type=int, default=832)
     g.add_argument("--height", type=int, default=480)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--policy", default="longlive", choices=("longlive", "motionstream", "full"), help="KV cache policy")
+    g.add_argument("--policy", default="longlive",
+                   help="KV cache policy: longlive (trained default), motionstream, full (<= 21 frames), infinity "
+                        "(LongLive-infinity: relative RoPE, for endless streams), deep_forcing (deep sink + "
+                        "participative compression; parameters as deep_forcing:sink_frames=12,budget_frames=18)")
     g.add_argument("--steps", type=_steps, default="1000,750,500,250", help="denoising timesteps")
     g.add_argument("--strength", type=float, default=1.0, help="VACE control strength")
     g.add_argument("--fps", type=float, default=16.0, help="frame rate without an input video")

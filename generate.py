@@ -109,6 +109,9 @@ def check_options(o: GenerateOptions) -> None:
         raise ValueError(f"--device {o.device}: CUDA is not available here; use --device cpu")
     if o.read_chunk < 1:
         raise ValueError(f"the read chunk must be >= 1 frame, got {o.read_chunk}")
+    from .models.wan.kv_cache import cache_policy_from_text
+
+    cache_policy_from_text(o.policy)  # an unknown policy or parameter is refused before any model loads
     if not o.out.lower().endswith((".mp4", ".mkv", ".mov")):
         raise ValueError(f"--out must be a video file (.mp4, .mkv or .mov), got {o.out!r}")
     for path in (o.input if o.input != "sample" else "", o.mask, o.first_frame, o.last_frame, *o.references):
@@ -415,7 +418,7 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
     """
     from .annotators.video_io import VideoWriter
     from .models.vae.stream import DecodeStream
-    from .models.wan.kv_cache import cache_policy
+    from .models.wan.kv_cache import cache_policy_from_text
     from .models.wan.stream import StreamConfig
     from .models.wan.stream_session import StreamSession
 
@@ -429,7 +432,7 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
         feed = _open_input(o, total)
         fps = feed.fps if feed is not None else o.fps
         prompt, model, decoder, encoder_vae = _load_models(o, paths, device, dtype, progress)
-        config = StreamConfig(height=o.height, width=o.width, policy=cache_policy(o.policy), steps=tuple(o.steps),
+        config = StreamConfig(height=o.height, width=o.width, policy=cache_policy_from_text(o.policy), steps=tuple(o.steps),
                               seed=o.seed)
         session = StreamSession(model, config, encoder_vae if o.uses_vace else None)
         session.set_prompt(prompt)

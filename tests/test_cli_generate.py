@@ -182,10 +182,15 @@ def test_cli_exit_codes_and_missing_files(models_dir, tmp_path, capsys):
                          (["--input", "sample"], "--control"),
                          (["--chunks", "1", "--width", "50"], "multiples of 16"),
                          (["--chunks", "1", "--control", "mask", "--input", "sample"], "--mask"),
-                         (["--chunks", "1", "--reference", "nope.png"], "no such file")):
+                         (["--chunks", "1", "--reference", "nope.png"], "no such file"),
+                         (["--chunks", "1", "--policy", "endless"], "unknown cache policy"),
+                         (["--chunks", "1", "--policy", "deep_forcing:sink=x"], "name=integer")):
         assert main(["generate", "--prompt", PROMPT, "--out", out, "--models-dir", models_dir] + bad) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["generate", "--prompt", PROMPT, "--out", out, "--models-dir", models_dir, "--chunks", "2",
+                 "--width", str(W), "--height", str(H), "--device", "cpu", "--policy", "infinity"]) == 0
+    assert _written_frames(out) == 21
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--prompt", PROMPT, "--out", out, "--control", "bogus"])
     assert exit_info.value.code == 2
