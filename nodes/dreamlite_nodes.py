@@ -107,7 +107,9 @@ class StreamVACEDreamLiteStylize:
         "Video-rate stylization (DreamLite edit mode, 1-4 steps). Frames are processed in batches; the "
         "Temporal-LLLite adapter conditions each frame on the previous output warped by optical flow. The "
         "previous output, cached text embedding and flow inputs carry over between queue runs with the same "
-        "stream_id, so queuing the next frames continues one stylized stream. " + LICENCE_NOTE)
+        "stream_id, so queuing the next frames continues one stylized stream. Changing size, batch size or the "
+        "model restarts it (as does reset); a new seed only changes the noise from the next frame on. "
+        + LICENCE_NOTE)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -142,7 +144,9 @@ class StreamVACEDreamLiteStylize:
                                           "tooltip": "Adapter multiplier; 0 is the bare model."}),
             "fixed_noise": ("BOOLEAN", {"default": False, "tooltip": "Start every frame from the same noise."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                             "tooltip": "Noise seed; a new seed starts the stream afresh."}),
+                             "tooltip": "Noise seed of the next frames. A new seed continues the stream with "
+                                        "fresh noise (it never restarts it), so 'randomize after generate' is "
+                                        "fine; reset restarts."}),
         }}
 
     @classmethod
@@ -162,12 +166,13 @@ class StreamVACEDreamLiteStylize:
         registry = streams.registry("dreamlite")  # only now, every check passed, may the stream change
         if reset:
             registry.reset(stream_id)
-        # the model object itself (not its id) in the signature: a reloaded model always starts a new stream
-        stream = registry.get_or_create(stream_id, (dreamlite, width, height, batch_size, seed),
+        # the model object itself (not its id) in the signature: a reloaded model always starts a new stream.
+        # The seed is not in it: the frontend randomises it after every run, and that must not restart the video
+        stream = registry.get_or_create(stream_id, (dreamlite, width, height, batch_size),
                                         lambda: stylizer.new_stream(seed))
         frames = resize_frames(images[..., :3], width, height)
         progress = host.Progress(len(frames))
-        return (stylizer.stylize(frames, stream, options, on_batch=progress.update),)
+        return (stylizer.stylize(frames, stream, options, on_batch=progress.update, seed=seed),)
 
 
 class StreamVACEFlickerMetric:

@@ -10,6 +10,7 @@ from dreamlite_tiny import one_torch_thread  # noqa: F401 (an autouse fixture)
 from safetensors.torch import save_file
 
 from streamvace.models.dreamlite.loader import load_dreamlite
+from streamvace.models.dreamlite.pipeline import StylizeOptions
 from streamvace.models.dreamlite.temporal_lllite import TemporalLLLite
 from streamvace.nodes.dreamlite_nodes import (StreamVACEDreamLiteLoader, StreamVACEDreamLiteStylize,
                                               StreamVACEFlickerMetric)
@@ -64,6 +65,26 @@ def test_queued_runs_continue_one_stream(dreamlite):
     again = _stylize(dreamlite, frames[:4], "queued", reset=True)
     torch.testing.assert_close(again, first)
     assert math.isnan(StreamVACEDreamLiteStylize.IS_CHANGED())
+
+
+def test_a_new_seed_every_run_continues_one_stream(dreamlite):
+    """'randomize after generate' changes the seed every run: the stream goes on with fresh noise, never restarts."""
+    frames = random_frames(6, 64)
+    runs = [_stylize(dreamlite, frames[i:i + 2], "seeds", reset=i == 0, seed=seed)
+            for i, seed in zip((0, 2, 4), (11, 52, 7))]
+    assert registry("dreamlite").get("seeds").frames_done == 6  # one stream of 6 frames, not a restart per seed
+    stylizer, options = dreamlite.stylizer(64, 64, 2), StylizeOptions("an oil painting style", 1, 2, False, 2)
+    stream = stylizer.new_stream(11)  # the engine, continued by hand with each run's seed
+    expected = [stylizer.stylize(frames[i:i + 2], stream, options, seed=seed) for i, seed in zip((0, 2, 4), (11, 52, 7))]
+    for got, want in zip(runs, expected):
+        torch.testing.assert_close(got, want)
+    restarted = stylizer.stylize(frames[2:4], stylizer.new_stream(52), options)  # what a restart would give
+    assert (runs[1] - restarted).abs().max() > 1e-3
+    same_seed = _stylize(dreamlite, frames[:4], "kept", reset=True, seed=11)[2:]
+    assert (runs[1] - same_seed).abs().max() > 1e-3  # the new seed did change the noise
+    again = _stylize(dreamlite, frames[:2], "seeds", reset=True, seed=7)  # reset still restarts
+    assert registry("dreamlite").get("seeds").frames_done == 2
+    torch.testing.assert_close(again, stylizer.stylize(frames[:2], stylizer.new_stream(7), options))
 
 
 def test_any_video_size_is_resized_and_alpha_dropped(dreamlite):
