@@ -5,12 +5,13 @@ import os
 
 import torch
 
-from ..models.dreamlite.loader import LICENCE_NOTE, load_dreamlite
+from ..models.dreamlite.loader import LICENCE_NOTE, dreamlite_folder_kind, load_dreamlite
 from ..models.dreamlite.pipeline import StylizeModel, StylizeOptions, check_frames, resize_frames
 from ..models.dreamlite.flicker_metrics import flicker_report
-from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
+from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite, adapter_file_kind
 from . import host, streams
 from .model_cache import cached, file_key, use
+from .model_lists import UNINSPECTED_NOTE, files_of_kind
 
 MODEL_FOLDER = "diffusers"  # ComfyUI's folder for diffusers-format pipelines
 ADAPTER_FOLDER = "controlnet"  # LLLite adapters live with the ControlNets
@@ -21,8 +22,10 @@ CATEGORY = "StreamVACE/DreamLite"
 
 
 def _pipeline_folders() -> list:
-    return [name for name in host.model_dirs(MODEL_FOLDER)
-            if os.path.isfile(os.path.join(host.model_path(MODEL_FOLDER, name), "model_index.json"))]
+    """DreamLite-mobile pipeline folders of models/diffusers (other diffusers pipelines are not listed)."""
+    folders = [name for name in host.model_dirs(MODEL_FOLDER)
+               if os.path.isfile(os.path.join(host.model_path(MODEL_FOLDER, name), "model_index.json"))]
+    return files_of_kind(MODEL_FOLDER, ("dreamlite_mobile",), dreamlite_folder_kind, folders)
 
 
 class StreamVACEDreamLiteLoader:
@@ -44,10 +47,11 @@ class StreamVACEDreamLiteLoader:
         """The model folder, the adapter file, the hook subset, the precision and torch.compile."""
         return {"required": {
             "model": (_pipeline_folders(), {"tooltip": "DreamLite-mobile diffusers folder (with model_index.json) "
-                                                       "inside models/diffusers."}),
-            "lllite": (["none"] + host.model_files(ADAPTER_FOLDER), {
+                                                       "inside models/diffusers; other pipelines are not listed."}),
+            "lllite": (["none"] + files_of_kind(ADAPTER_FOLDER, ("lllite",), adapter_file_kind), {
                 "tooltip": "Temporal-LLLite adapter for flicker-free video (models/controlnet); 'none' stylizes "
-                           "each frame on its own."}),
+                           "each frame on its own. ControlNets and other adapters are not listed. "
+                           + UNINSPECTED_NOTE}),
             "hook_blocks": (list(HOOK_SUBSETS), {
                 "default": "down_blocks",
                 "tooltip": "Which U-Net blocks get adapter hooks: down_blocks (38 hooks) is the paper's default, "

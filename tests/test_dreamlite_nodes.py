@@ -1,5 +1,6 @@
 """The DreamLite nodes end to end on a tiny model: load, stylize a stream across queue runs, measure flicker."""
 
+import json
 import math
 import os
 
@@ -45,6 +46,30 @@ def dreamlite(models_dir, monkeypatch):
     assert StreamVACEDreamLiteLoader().load("DreamLite-mobile", ADAPTER, "down_blocks", "fp32", "off")[0] is model
     assert len(model.lllite_report.loaded) == 11 and len(model.lllite_report.ignored) == 28
     return model
+
+
+def test_lists_offer_only_dreamlite_mobile_and_temporal_lllite(tmp_path, monkeypatch):
+    """Pipelines by model_index.json's class, adapters by their .safetensors header."""
+    for name, pipeline in (("DreamLite-mobile", "DreamLiteMobilePipeline"), ("DreamLite-base", "DreamLitePipeline"),
+                           ("sdxl", "StableDiffusionXLPipeline")):
+        os.makedirs(tmp_path / "diffusers" / name / "unet")
+        with open(tmp_path / "diffusers" / name / "model_index.json", "w") as handle:
+            json.dump({"_class_name": pipeline}, handle)
+        with open(tmp_path / "diffusers" / name / "unet" / "config.json", "w") as handle:
+            json.dump({}, handle)  # a part's folder is never offered as a pipeline
+    os.makedirs(tmp_path / "controlnet")
+    hook = "modules_dict.down_blocks__1__attentions__0__transformer_blocks__0__attn1__to_q"
+    save_file({f"{hook}.conditioning1.0.weight": torch.zeros(4, 3, 4, 4), f"{hook}.down.0.weight": torch.zeros(8, 16)},
+              str(tmp_path / "controlnet" / ADAPTER))
+    save_file({"lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.conditioning1.0.weight":
+               torch.zeros(4, 3, 4, 4)}, str(tmp_path / "controlnet" / "kohya_lllite_sdxl.safetensors"))
+    save_file({"controlnet_cond_embedding.conv_in.weight": torch.zeros(16, 3, 3, 3)},
+              str(tmp_path / "controlnet" / "controlnet_depth_sdxl.safetensors"))
+    torch.save({}, tmp_path / "controlnet" / "pickled.pth")  # only loading tells: offered, the loader explains
+    monkeypatch.setenv("STREAMVACE_MODELS_DIR", str(tmp_path))
+    spec = StreamVACEDreamLiteLoader.INPUT_TYPES()["required"]
+    assert spec["model"][0] == ["DreamLite-mobile"]
+    assert spec["lllite"][0] == ["none", "pickled.pth", ADAPTER]
 
 
 def _stylize(dreamlite, frames, stream_id="main", reset=False, **overrides):
