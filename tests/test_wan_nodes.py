@@ -1,6 +1,7 @@
 """The generator's nodes as ComfyUI calls them, outside ComfyUI (nodes/host.py's plain models folder):
 N queued runs of the same graph give N consecutive chunks of one video."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,10 +241,17 @@ def test_sampler_previews_every_chunk_through_comfyui_progress(models_dir, monke
 
     fakes = {"comfy.utils": SimpleNamespace(ProgressBar=ProgressBar), "folder_paths": SimpleNamespace()}
     monkeypatch.setattr(host, "_comfy", fakes.get)
-    NODES["StreamVACESampler"]().sample(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="v",
-                                        reset=False, width=W, height=H, chunks=2, seed=0, cache_policy="longlive",
-                                        steps="1000,500", warp_steps=True, preview_vae=vae)
+    latent = NODES["StreamVACESampler"]().sample(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]],
+                                                 stream_id="v", reset=False, width=W, height=H, chunks=2, seed=0,
+                                                 cache_policy="longlive", steps="1000,500", warp_steps=True,
+                                                 preview_vae=vae)[0]
     previews = [(value, p) for value, _, p in calls if p is not None]
     assert [value for value, _ in previews] == [3, 6] and [v for v, _, _ in calls][-1] == 6
     kind, image, size = previews[0][1]
     assert kind == "JPEG" and image.size == (W, H) and size == 512
+    latents = comfy_to_latents(latent)
+    for chunk, (_, (_, image, _)) in enumerate(previews):  # each chunk's newest frame, decoded on its own
+        with torch.no_grad():
+            newest = vae.decode(latents[:, :, 3 * chunk:3 * chunk + 3])[0, :, -1].clamp(-1, 1)
+        expected = ((newest + 1) * 127.5).round().permute(1, 2, 0)
+        assert (torch.from_numpy(np.array(image)).float() - expected).abs().max() <= 1
