@@ -168,9 +168,9 @@ def _generate(args) -> int:
         except OSError as error:
             return _fail("generate", f"--prompt-schedule {args.prompt_schedule}: {error.strerror or error}")
     options = GenerateOptions(
-        prompt=args.prompt, prompt_schedule="\n".join(schedule), out=args.out, models_dir=args.models_dir, input=args.input, control=args.control,
-        method=args.method, layout=args.layout, mask=args.mask, mask_boxes=args.mask_boxes, outpaint=args.outpaint,
-        expand=args.expand, references=tuple(args.reference), first_frame=args.first_frame,
+        prompt=args.prompt, prompt_schedule="\n".join(schedule), out=args.out, models_dir=args.models_dir,
+        input=args.input, control=args.control, method=args.method, layout=args.layout, mask=args.mask,
+        mask_boxes=args.mask_boxes, outpaint=args.outpaint, expand=args.expand, references=tuple(args.reference), first_frame=args.first_frame,
         last_frame=args.last_frame, chunks=args.chunks, width=args.width, height=args.height, seed=args.seed,
         policy=args.policy, steps=args.steps, strength=args.strength, fps=args.fps, device=args.device,
         dtype=args.dtype, decoder=args.decoder, download=args.download, model=args.model, vace=args.vace,

@@ -101,7 +101,8 @@ def test_model_combos_offer_only_what_looks_like_each_annotators_model(tmp_path,
     assert required("StreamVACESAM2")["model"][0] == ["hf-sam2", "pickled.pth", "sam2.1_hiera_tiny.safetensors"]
     assert NODES["StreamVACEScribble"].INPUT_TYPES()["optional"]["line_model"][0] == ["netG_A_latest.safetensors",
                                                                                       "pickled.pth"]
-    assert NODES["StreamVACEFlow"].INPUT_TYPES()["optional"]["raft_model"][0] == ["pickled.pth", "raft_small.safetensors"]
+    assert NODES["StreamVACEFlow"].INPUT_TYPES()["optional"]["raft_model"][0] == ["pickled.pth",
+                                                                                    "raft_small.safetensors"]
     assert "not listed" in required("StreamVACEDepth")["model"][1]["tooltip"]
 
 

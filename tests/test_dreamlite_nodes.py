@@ -100,7 +100,8 @@ def test_a_new_seed_every_run_continues_one_stream(dreamlite):
     assert registry("dreamlite").get("seeds").frames_done == 6  # one stream of 6 frames, not a restart per seed
     stylizer, options = dreamlite.stylizer(64, 64, 2), StylizeOptions("an oil painting style", 1, 2, False, 2)
     stream = stylizer.new_stream(11)  # the engine, continued by hand with each run's seed
-    expected = [stylizer.stylize(frames[i:i + 2], stream, options, seed=seed) for i, seed in zip((0, 2, 4), (11, 52, 7))]
+    expected = [stylizer.stylize(frames[i:i + 2], stream, options, seed=seed)
+                for i, seed in zip((0, 2, 4), (11, 52, 7))]
     for got, want in zip(runs, expected):
         torch.testing.assert_close(got, want)
     restarted = stylizer.stylize(frames[2:4], stylizer.new_stream(52), options)  # what a restart would give
