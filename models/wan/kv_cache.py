@@ -244,6 +244,19 @@ class KVCache:
 
         return attend
 
+    # The replay interface of models/wan/fast_path.ChunkGraphs: a steady chunk's forwards read only static
+    # buffers, refilled per chunk by device copies, so one captured graph serves every chunk of its variant.
+    def replay_attend_fns(self, index: torch.Tensor) -> list:
+        """attend(q, k, v) per layer for replayed forwards (`index`: the static slot index of the chunk's tokens)."""
+        return [self.index_attend_fn(layer, index) for layer in range(self.keys.shape[0])]
+
+    def prepare_replay(self, slots: ChunkSlots) -> None:
+        """Fill the static buffers that replayed forwards of this chunk read (device copies only)."""
+
+    def replay_variant(self, step: int):
+        """Set up and name the graph variant of forward `step` of the prepared chunk (None: one for all)."""
+        return None
+
     def resident_frames(self, window_only: bool = True) -> list:
         """Committed frames whose K/V are held: the sink and the window. The ring's oldest chunk is scratch
         space (the next chunk writes there, and a chunk that failed already did), so it only counts with
