@@ -4,16 +4,17 @@ output shape depends on tensor values (`nonzero`, `masked_select`, `unique`, boo
 all wait for the device. With `host_data=False` it also refuses tensors made from host data (`torch.tensor`
 of Python values: a pageable host-to-device copy, which a CUDA graph cannot capture).
 
-Scalar reads go through `aten._local_scalar_dense` and data-dependent shapes through a few aten ops, which
-a TorchDispatchMode sees on any device, so the check runs on the CPU; `.tolist()` / `.numpy()` / `.cpu()`
-bypass the dispatcher and are patched on torch.Tensor for the duration."""
+Scalar reads go through `aten._local_scalar_dense` (`aten.item` / `aten.is_nonzero` under inference mode) and
+data-dependent shapes through a few aten ops, which a TorchDispatchMode sees on any device, so the check runs
+on the CPU; `.tolist()` / `.numpy()` / `.cpu()` bypass the dispatcher and are patched on torch.Tensor for the
+duration."""
 
 import contextlib
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-SYNCING_OPS = {"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "_unique", "_unique2",
+SYNCING_OPS = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "nonzero_static", "masked_select", "_unique", "_unique2",
                "unique_dim", "unique_consecutive", "repeat_interleave.Tensor"}
 BOOL_INDEX_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
 HOST_DATA_OPS = {"lift_fresh", "lift_fresh_copy"}

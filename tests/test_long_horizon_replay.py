@@ -90,8 +90,9 @@ def test_no_host_sync_helper_catches_every_kind_of_sync():
     x = torch.arange(6.0)
     for sync in (lambda: x[1].item(), lambda: bool(x[2] > 1), lambda: int(x[3]), lambda: x.tolist(),
                  lambda: x.nonzero(), lambda: x[x > 2], lambda: 1 if (x > 4).any() else 0, lambda: x.cpu()):
-        with pytest.raises(HostSyncError), no_host_sync():
-            sync()
+        for inference in (False, True):  # the chunk loop runs under inference mode, where .item() dispatches apart
+            with pytest.raises(HostSyncError), no_host_sync(), torch.inference_mode(inference):
+                sync()
     with pytest.raises(HostSyncError), no_host_sync(host_data=False):
         torch.tensor([1, 2])
     with no_host_sync():  # device-side work is fine, top-k included
