@@ -244,6 +244,12 @@ def test_interrupted_chunks_leave_the_stream_as_it_was():
 def test_policy_parameters_text_form_and_errors():
     policy = cache_policy_from_text("deep_forcing:sink_frames=12,budget_frames=18")
     assert (policy.sink_frames, policy.budget_frames, policy.recent_frames, policy.max_frames) == (12, 18, 4, 21)
+    policy = cache_policy_from_text("deep_forcing:sink_frames=14,top_frames=3")  # C directly: budget = S + R + C
+    assert (policy.sink_frames, policy.top_frames, policy.budget_frames, policy.max_frames) == (14, 3, 21, 21)
+    with pytest.raises(ValueError, match="lower sink_frames or top_frames"):
+        cache_policy_from_text("deep_forcing:sink_frames=14,top_frames=4")
+    with pytest.raises(ValueError, match="not both"):
+        cache_policy_from_text("deep_forcing:top_frames=2,budget_frames=16")
     assert isinstance(cache_policy_from_text("infinity"), InfinityPolicy)
     assert cache_policy_from_text("infinity").visible_past(30) == cache_policy("longlive").visible_past(30)
     with pytest.raises(ValueError, match="name=integer"):
