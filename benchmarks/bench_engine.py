@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse)")
     parser.add_argument("--policies", default="longlive,infinity,deep_forcing",
                         help="cache policies timed by the opt-in 'policies' section (--only policies), T2V at the "
-                             "first size, after 10 warm-up chunks (deep_forcing compresses from chunk 7 on, then on "
+                             "first size, after 24 warm-up chunks (every layout deep_forcing meets is built by then; it compresses from chunk 7 on, then on "
                              "every other chunk: time an even number of chunks)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -339,12 +339,12 @@ def main(argv=None) -> int:
             record(f"fast_vace_{tag}_new_stream", time_stream(model, height, width, True, warmup=6, chunks=3, fast=cuda))
         if "attention" in sections and cuda:
             record(f"attention_{tag}", time_attention_kernels(height, width, device, dtype))
-    if "policies" in sections:  # the long-horizon policies run eager or compiled blocks, never CUDA graphs
+    if "policies" in sections:  # each policy on the fast path: compiled blocks, steady chunks replayed from CUDA graphs
         if "fast" not in sections and "compare" not in sections and "fp8" not in sections:
             compile_blocks(model, backend=backend)
         height, width = sizes[0]
         for name in args.policies.split(","):
-            record(f"policy_{name}_{height}x{width}", time_stream(model, height, width, False, warmup=10,
+            record(f"policy_{name}_{height}x{width}", time_stream(model, height, width, False, warmup=24,
                                                                   chunks=eager_chunks, fast=cuda, policy=name))
     height, width = sizes[0]
     if "profile" in sections and cuda:
