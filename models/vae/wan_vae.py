@@ -124,6 +124,7 @@ class WanVAE(nn.Module, StreamingVAE):
         self._decoder_slots = number_cache_slots(self.decoder)
         self._owner = f"WanVAE(dim={config.dim}, mult={tuple(config.dim_mult)})"
         self.channels_last = False  # use_fast_kernels: activations and conv weights stored channels-last
+        self.auto_fast_kernels = True  # switch them on at the first call on a CUDA device (False: never)
 
     def use_fast_kernels(self, enabled: bool = True, fuse: bool = None) -> "WanVAE":
         """Channels-last convs (cuDNN's native tensor-core layout, autotuned per shape) and, on CUDA, RMSNorm+SiLU
@@ -133,7 +134,7 @@ class WanVAE(nn.Module, StreamingVAE):
             if isinstance(module, (nn.Conv2d, nn.Conv3d)):
                 layout = layouts[module.weight.dim()] if enabled else torch.contiguous_format
                 module.weight.data = module.weight.data.contiguous(memory_format=layout)
-        self.channels_last = enabled
+        self.channels_last, self.auto_fast_kernels = enabled, False
         fuse = (enabled and self.device.type == "cuda") if fuse is None else fuse
         if fuse and not _COMPILED_NORM_SILU:
             _COMPILED_NORM_SILU.append(torch.compile(norm_silu, dynamic=True))
@@ -143,6 +144,8 @@ class WanVAE(nn.Module, StreamingVAE):
         return self
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.auto_fast_kernels and x.is_cuda:
+            self.use_fast_kernels()
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
 
     def _tuned_convs(self):
