@@ -299,7 +299,7 @@ def main(argv=None) -> int:
             record(f"fast_vace_{tag}_new_stream", time_stream(model, height, width, True, warmup=6, chunks=3, fast=cuda))
         if "attention" in sections and cuda:
             record(f"attention_{tag}", time_attention_kernels(height, width, device, dtype))
-    if "policies" in sections:  # the long-horizon policies run eager or compiled blocks, never CUDA graphs
+    if "policies" in sections:  # steady chunks of every policy replay from CUDA graphs (deep_forcing: 3 variants)
         if "fast" not in sections and "compare" not in sections and "fp8" not in sections:
             compile_blocks(model, backend=backend)
         height, width = sizes[0]

@@ -230,9 +230,10 @@ class KVCache:
     def write_index(self, slots: ChunkSlots) -> torch.Tensor:
         """Slot index (tokens) of each of the chunk's tokens, a device tensor made once per ring phase."""
         key = slots.runs
-        if key not in self._write_indices:  # a handful of phases, all met in the first chunks
-            index = [slot + i for _, slot, length in slots.runs for i in range(length)]
-            self._write_indices[key] = torch.tensor(index, dtype=torch.long, device=self.keys.device)
+        if key not in self._write_indices:  # one per ring phase; made on the device (a host copy would sync)
+            device = self.keys.device
+            self._write_indices[key] = torch.cat([torch.arange(slot, slot + length, device=device)
+                                                  for _, slot, length in slots.runs])
         return self._write_indices[key]
 
     def is_steady(self, slots: ChunkSlots) -> bool:
