@@ -230,7 +230,8 @@ class KVCache:
     def write_index(self, slots: ChunkSlots) -> torch.Tensor:
         """Slot index (tokens) of each of the chunk's tokens, a device tensor made once per ring phase."""
         key = slots.runs
-        if key not in self._write_indices:  # one per ring phase; made on the device (a host copy would sync)
+        if key not in self._write_indices:  # one per ring phase (deep_forcing: ~14), made on the device: no
+            # host copy, so a new phase met mid-stream never waits for the GPU
             device = self.keys.device
             self._write_indices[key] = torch.cat([torch.arange(slot, slot + length, device=device)
                                                   for _, slot, length in slots.runs])
