@@ -327,7 +327,7 @@ def main(argv=None) -> int:
                 record(f"eager_{'vace' if vace else 't2v'}_{tag}",
                        time_stream(model, height, width, vace, warmup=5, chunks=eager_chunks, fast=False))
     backend = "inductor" if cuda else "eager"  # the smoke run checks the script, not the kernels
-    if "fast" in sections or "compare" in sections or "fp8" in sections:
+    if sections & {"fast", "compare", "fp8", "e2e", "session"}:  # every fast-path section runs compiled blocks
         compile_blocks(model, backend=backend)
     for height, width in sizes:
         tag = f"{height}x{width}"
