@@ -86,8 +86,9 @@ class StreamVACEModelLoader:
             "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "Attention kernel of this "
                                    "model. sdpa: PyTorch picks; sdpa_cudnn / sdpa_flash / sdpa_efficient force one "
                                    "(benchmarks/RESULTS.md has their speed on H100); flash_attn / sageattention must be "
-                                   "installed (bf16/fp16 only; Daydream Scope disables SageAttention on Hopper after "
-                                   "seeing static in the output)."}),
+                                   "installed (bf16/fp16 only). On an H100 sdpa (cuDNN) is the fastest measured: SageAttention "
+                                   "1.0.6 took 1.6x its time, and Daydream Scope disables SageAttention on Hopper "
+                                   "after seeing static in the output."}),
         }, "optional": {
             "lora": (LORA_TYPE, {"tooltip": "LoRAs to merge, from 'StreamVACE LoRA'."}),
             "compile": ("BOOLEAN", {"default": True, "tooltip": "CUDA only: fuse each block's elementwise work with "
