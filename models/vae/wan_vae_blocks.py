@@ -29,10 +29,15 @@ def _channels_last(x: torch.Tensor, layout: torch.memory_format) -> bool:
     return x.shape[1] > 1 and x.is_contiguous(memory_format=layout) and not x.is_contiguous()
 
 
-def norm_silu(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """SiLU(x / ||x||_2 * gamma) over the channel axis: RMSNorm then SiLU, one kernel when compiled."""
+def rms_normalize(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """x / ||x||_2 * gamma over the channel axis (the norm reduced in float32)."""
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
-    return F.silu(x * norm.reciprocal().to(x.dtype) * gamma.to(x.dtype))
+    return x * norm.reciprocal().to(x.dtype) * gamma.to(x.dtype)
+
+
+def norm_silu(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """SiLU(rms_normalize(x, gamma)): RMSNorm then SiLU, one kernel when compiled."""
+    return F.silu(rms_normalize(x, gamma))
 
 
 class CausalConv3d(nn.Conv3d):
@@ -73,8 +78,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         """Normalise over dim 1."""
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
-        return x * norm.reciprocal().to(x.dtype) * (self.gamma * self.scale).to(x.dtype)
+        return rms_normalize(x, self.gamma * self.scale)
 
     def then_silu(self, x):
         """SiLU(self(x)), the pair every residual block and head applies before a conv."""
