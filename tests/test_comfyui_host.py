@@ -309,6 +309,66 @@ def test_queued_runs_continue_one_stream(reference_stream):
     assert reference_stream[1] != reference_stream[2], "the stream did not move on"
 
 
+def test_a_randomized_seed_continues_one_stream(comfyui, reference_stream):
+    """The frontend's "control after generate: randomize" changes the seed after every run: the stream goes on
+    (9, 12, 12 frames) with fresh noise from the next chunk, never starting over."""
+    runs = [_frames(comfyui, comfyui.run(_with(t2v_graph("randomized"), "4", seed=seed)))
+            for seed in (7, 1234567, 98765432101)]
+    assert [len(run) for run in runs] == [9, 12, 12]
+    assert runs[0] == reference_stream[0]  # the seed the reference stream used
+    assert runs[1] != reference_stream[1] and runs[2] != reference_stream[2], "the new seeds changed nothing"
+
+
+def _with(graph: dict, node: str, **inputs) -> dict:
+    graph[node]["inputs"].update(inputs)
+    return graph
+
+
+def _preview_images(messages: list) -> list:
+    """(event type, image format, (width, height)) of each binary preview message (ComfyUI's protocol.py:
+    a 4-byte event type, for PREVIEW_IMAGE a 4-byte format, 1 = JPEG, then the image)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    found = []
+    for payload in messages:
+        event, image_format = struct.unpack(">II", payload[:8])
+        with Image.open(io.BytesIO(payload[8:])) as image:
+            found.append((event, image_format, image.format, image.size))
+    return found
+
+
+def test_previews_arrive_over_the_websocket_while_sampling(comfyui):
+    """One preview per generated chunk, sent while the sampler runs (the first one before the second chunk's
+    steps): from the latent-to-RGB map, or through a tiny VAE (preview_vae)."""
+    def timeline_of(graph):
+        timeline = []  # binary previews (bytes) and ("progress", node, value) in the order they arrived
+        hook = lambda kind, data, _: timeline.append((kind, data.get("node"), data.get("value")))  # noqa: E731
+        assert _status(comfyui.run(graph, previews=timeline, on_message=hook)) == "execution_success"
+        step, steps_at_previews, shown = None, [], [item if isinstance(item, tuple) else "preview" for item in timeline]
+        for item in timeline:  # the sampler's progress: 4 steps + 1 per chunk, the preview right after a chunk
+            if isinstance(item, bytes):
+                steps_at_previews.append(step)
+            elif item[:2] == ("progress", "4"):
+                step = item[2]
+        assert steps_at_previews == [5, 10], shown
+        assert shown.index("preview") < shown.index(("progress", "4", 6)) < shown.index(("executing", "5", None)), shown
+        return [item for item in timeline if isinstance(item, bytes)]
+
+    # ComfyUI scales every preview to fit --preview-size (512): the latent-size one too
+    fitted = [(1, 1, "JPEG", (512, 512 * H // W))] * 2
+    approximated = timeline_of(t2v_graph("previewed", chunks=2))
+    assert _preview_images(approximated) == fitted
+    graph = t2v_graph("previewed-taew", chunks=2)
+    graph["11"] = {"class_type": "StreamVACELoadTinyVAE", "inputs": {"vae_name": "taew_tiny.pth", "dtype": "fp32"}}
+    graph["4"]["inputs"]["preview_vae"] = ["11", 0]
+    decoded = timeline_of(graph)
+    assert _preview_images(decoded) == fitted
+    assert decoded[0] != approximated[0] and decoded[1] != approximated[1], "the tiny VAE made no difference"
+
+
 def test_interrupt_leaves_the_stream_intact(comfyui, reference_stream):
     assert _frames(comfyui, comfyui.run(t2v_graph("interrupted"))) == reference_stream[0]
     cancelled = comfyui.run(t2v_graph("interrupted"), on_message=_interrupt_at(comfyui, 1))
@@ -409,3 +469,51 @@ def test_queue_command_drives_a_stream(comfyui, reference_stream, tmp_path, caps
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(": done, outputs: " in line for line in lines), lines
     assert [len(line.split(": done, outputs: ")[1].split(", ")) for line in lines] == [9, 12, 12]
+
+
+def test_our_umt5_encoder_matches_comfyuis_wan_text_encoder(tmp_path):
+    """The same tiny umT5 file and prompt through ComfyUI's CLIPLoader(type wan) + CLIPTextEncode and through
+    models/wan/text_encoder.py: the same [1, 512, dim] tensor, padding (zeros) included. ComfyUI only recognises
+    a full-size umT5-XXL, so _comfyui_umt5.py patches its size detection and config (and nothing else)."""
+    import subprocess
+
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    link = tmp_path / "pkgs"
+    link.mkdir()
+    (link / "streamvace").symlink_to(ROOT, target_is_directory=True)
+    out = tmp_path / "umt5.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(link), str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([python, str(ROOT / "tests" / "_comfyui_umt5.py"), str(tmp_path), str(out)],
+                          cwd=COMFYUI_PATH, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    short, spaced, long = json.loads(out.read_text())["results"]
+    for result in (short, spaced):
+        assert result["comfy_shape"] == result["ours_shape"] == [1, 512, 64], result
+        assert result["comfy_ids"][:len(result["ours_ids"])] == result["ours_ids"], result
+        assert result["comfy_real_tokens"] == len(result["ours_ids"]) and result["comfy_padding_abs_sum"] == 0
+        # fp16 weights (ComfyUI's CPU text-encoder dtype, exact in the file) computed in fp32 on both sides
+        assert result["max_abs_diff"] < 1e-4 * max(1.0, result["max_abs"]), result
+    # Over 512 tokens the two differ by design: Wan (and we) truncate to 512 with </s> last; ComfyUI encodes every
+    # token (781 here) and the DiT keeps the first 512 of those, computed with the rest in view.
+    assert long["comfy_shape"][1] > 512 and long["ours_shape"][1] == 512, long
+    assert long["ours_ids"][:511] == long["comfy_ids"][:511] and long["ours_ids"][511] == 1, long
+
+
+def test_queue_command_reports_a_rejected_workflow_in_one_line_and_exits_2(comfyui, tmp_path, capsys):
+    from streamvace.cli import main
+
+    bad = t2v_graph("queued-bad")
+    bad["4"]["inputs"]["width"] = 8  # below the sampler's minimum
+    del bad["5"]["inputs"]["vae"]
+    path = tmp_path / "bad_api.json"
+    path.write_text(json.dumps(bad))
+    assert main(["queue", str(path), "--runs", "2", "--url", comfyui.url, "--timeout", "60"]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("streamvace queue:")]
+    assert len(errors) == 1 and captured.out == "", captured
+    assert "ComfyUI rejected the workflow" in errors[0], errors
+    assert "node 4 (StreamVACESampler)" in errors[0] and "width" in errors[0], errors
+    assert "node 5 (StreamVACEVAEDecodeStream)" in errors[0] and "vae" in errors[0], errors
+    # a UI-format workflow is refused before anything is posted, saying what to queue instead
+    assert main(["queue", str(ROOT / "workflows" / "text_to_video.json"), "--url", comfyui.url]) == 2
+    assert "a UI-format workflow; queue its API-format twin" in capsys.readouterr().err
