@@ -2,14 +2,23 @@
 file layouts, driven over HTTP and the WebSocket as the browser drives it.
 
 Opt-in (CI has no ComfyUI; nothing is downloaded): point COMFYUI_PATH at a ComfyUI checkout and
-COMFYUI_PYTHON at a python that has ComfyUI's requirements and this pack's (requirements.txt) installed:
+COMFYUI_PYTHON at a python that has ComfyUI's requirements, this pack's (requirements.txt) and protobuf (read
+by transformers for a SentencePiece tokenizer) installed:
 
     COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python python -m pytest tests -m comfyui
 
-The text conditioning comes from ComfyUI's LotusConditioning node (a constant [1, 2, 1024] embedding, no text
-encoder), so the stream tests need no umT5. The bundled API workflows run as shipped except for their model files
-(tiny stand-ins, STAND_INS; umT5 becomes a random CLIP-L), smaller frames and no torch.compile. The tests at
-the end pin problems this test once found in the pack (validation, lost chunks, restarts), now fixed.
+The stream tests take their text conditioning from ComfyUI's LotusConditioning node (a constant [1, 2, 1024]
+embedding), so they need no text encoder. The bundled API workflows run as shipped except for their model files
+(tiny stand-ins, STAND_INS), smaller frames and no torch.compile; their umT5 is a tiny umT5 loaded by ComfyUI's
+own CLIPLoader(type wan) / CLIPTextEncode code, which a test-only custom node lets accept a tiny size
+(tests/_comfyui_umt5.py says what it patches and why). The tests at the end pin problems this test once found
+in the pack (validation, lost chunks, restarts), now fixed, and compare our umT5 encoder with ComfyUI's.
+
+Last run: 2026-12-06, ComfyUI 0.8.0 (CPU, torch 2.14.1, transformers 5.25), 37 passed, 0 failed in 6 min on
+2 busy cores: all 18 API workflows; 3 queued runs with a randomized seed give 9, 12, 12 frames of one stream;
+one JPEG preview per chunk over the websocket during sampling; `streamvace queue` 3 runs (9, 12, 12 frames) and
+a rejected workflow (one line, exit 2); our umT5 vs ComfyUI's wan encoder on a tiny umT5 (fp16 weights, fp32
+compute, padded to 512): max abs diff 5.7e-6 (tolerance 1e-4 x max |value|, values up to 4.2).
 """
 
 import hashlib
@@ -28,6 +37,7 @@ from _comfyui_server import ComfyUIServer, png_size
 from _vae_helpers import save_weights, tiny_vae_state_dict, wan_vae_state_dict
 from dreamlite_tiny import build_tiny_dreamlite
 from tiny_annotator_models import save, tiny_depth_anything, tiny_rt_detr, tiny_sam2_video, tiny_vitpose
+from umt5_tiny import TINY_DIM
 from wan_tiny import tiny_model
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
@@ -43,7 +53,7 @@ STAND_INS = {
     "longlive_base.pt": "longlive_tiny.pt",
     "longlive_lora.pt": "longlive_lora_tiny.pt",
     "Wan2_1-VACE_module_1_3B_bf16.safetensors": "vace_module_tiny.safetensors",
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "clip_l_random.safetensors",
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "umt5_tiny_fp16.safetensors",
     "wan_2.1_vae.safetensors": "wan_vae_tiny.safetensors",
     "Wan2.1_VAE.pth": "wan_vae_tiny.safetensors",
     "taew2_1.pth": "taew_tiny.pth",
@@ -131,11 +141,11 @@ def base_dir(tmp_path_factory):
         (base / folder).mkdir(parents=True)
     (base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
     models = base / "models"
-    # CLIP-L's width, in the LongLive training-checkpoint format, for the bundled LongLive workflow
-    t768 = {k: v for k, v in _tiny_wan(768).items() if not k.startswith("vace_")}
-    torch.save({"generator_ema": {f"model.{k}": v for k, v in t768.items()}},
+    # the tiny umT5's width, in the LongLive training-checkpoint format, for the bundled workflows
+    tumt5 = {k: v for k, v in _tiny_wan(TINY_DIM).items() if not k.startswith("vace_")}
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in tumt5.items()}},
                models / "diffusion_models" / "longlive_tiny.pt")
-    torch.save(_peft_lora(t768), models / "loras" / "longlive_lora_tiny.pt")
+    torch.save(_peft_lora(tumt5), models / "loras" / "longlive_lora_tiny.pt")
     # LotusConditioning's width, in the Comfy-Org repackaged format + a VACE module file, for the stream tests
     t1024 = _tiny_wan(1024)
     save_weights({f"model.diffusion_model.{k}": v for k, v in t1024.items() if not k.startswith("vace_")},
@@ -151,7 +161,33 @@ def base_dir(tmp_path_factory):
     save(tiny_sam2_video(), models / "sam2" / "tiny-sam2")
     build_tiny_dreamlite(str(models / "diffusers" / "dreamlite-tiny"))
     _input_video(base / "input" / "input.mp4")
+    _tiny_umt5(base)
     return base
+
+
+def _comfyui_python(*args: str, timeout: float = 300):
+    """Run a script in ComfyUI's python from its checkout, with tests/ and this pack (as `streamvace`) importable."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "streamvace").symlink_to(ROOT, target_is_directory=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([folder, str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), *args], cwd=COMFYUI_PATH, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _tiny_umt5(base: Path) -> None:
+    """A tiny umT5 in Comfy-Org's layout under models/text_encoders (SentencePiece inside, built with ComfyUI's
+    python, which has sentencepiece), and a test-only custom node that lets ComfyUI's CLIPLoader(type wan) load
+    it: ComfyUI's wan text encoder only recognises the full-size model (see tests/_comfyui_umt5.py)."""
+    _comfyui_python(str(ROOT / "tests" / "_comfyui_umt5.py"), "build", str(base / "models"))
+    (base / "custom_nodes" / "streamvace_test_tiny_umt5.py").write_text(
+        '"""Test only (StreamVACE tests/test_comfyui_host.py): a tiny umT5 through CLIPLoader(type wan)."""\n'
+        f"import sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        f"from _comfyui_umt5 import patch_comfyui\npatch_comfyui({str(base / 'models' / 'umt5_config_tiny.json')!r})\n"
+        "NODE_CLASS_MAPPINGS = {}\n")
 
 
 @pytest.fixture(scope="module")
@@ -471,21 +507,12 @@ def test_queue_command_drives_a_stream(comfyui, reference_stream, tmp_path, caps
     assert [len(line.split(": done, outputs: ")[1].split(", ")) for line in lines] == [9, 12, 12]
 
 
-def test_our_umt5_encoder_matches_comfyuis_wan_text_encoder(tmp_path):
+def test_our_umt5_encoder_matches_comfyuis_wan_text_encoder(base_dir, tmp_path):
     """The same tiny umT5 file and prompt through ComfyUI's CLIPLoader(type wan) + CLIPTextEncode and through
     models/wan/text_encoder.py: the same [1, 512, dim] tensor, padding (zeros) included. ComfyUI only recognises
     a full-size umT5-XXL, so _comfyui_umt5.py patches its size detection and config (and nothing else)."""
-    import subprocess
-
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    link = tmp_path / "pkgs"
-    link.mkdir()
-    (link / "streamvace").symlink_to(ROOT, target_is_directory=True)
     out = tmp_path / "umt5.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(link), str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([python, str(ROOT / "tests" / "_comfyui_umt5.py"), str(tmp_path), str(out)],
-                          cwd=COMFYUI_PATH, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _comfyui_python(str(ROOT / "tests" / "_comfyui_umt5.py"), "compare", str(base_dir / "models"), str(out))
     short, spaced, long = json.loads(out.read_text())["results"]
     for result in (short, spaced):
         assert result["comfy_shape"] == result["ours_shape"] == [1, 512, 64], result
@@ -517,3 +544,43 @@ def test_queue_command_reports_a_rejected_workflow_in_one_line_and_exits_2(comfy
     # a UI-format workflow is refused before anything is posted, saying what to queue instead
     assert main(["queue", str(ROOT / "workflows" / "text_to_video.json"), "--url", comfyui.url]) == 2
     assert "a UI-format workflow; queue its API-format twin" in capsys.readouterr().err
+
+
+def _pixels(comfyui, entry: dict, node: str = "6") -> torch.Tensor:
+    """The frames a PreviewImage node showed in this run, [T, H, W, 3] uint8 as int16."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    assert _status(entry) == "execution_success", f"{entry['status']}\n{comfyui.log_tail()}"
+    frames = [np.asarray(Image.open(io.BytesIO(comfyui.view(image))).convert("RGB"))
+              for image in entry["outputs"][node]["images"]]
+    return torch.from_numpy(np.stack(frames)).short()
+
+
+def test_our_text_encoder_nodes_condition_the_sampler_as_cliptextencode_does(comfyui):
+    """In the server: a stream conditioned by CLIPLoader(type wan) + CLIPTextEncode on the tiny umT5 and one
+    conditioned by our Load Text Encoder + Text Encode on the same file give the same frames."""
+    prompt = "a red car on the beach at sunset"
+
+    def graph(stream_id, ours):
+        g = t2v_graph(stream_id)
+        g["2"]["inputs"]["model_name"] = "longlive_tiny.pt"  # the tiny umT5's width
+        if ours:
+            g["1"] = {"class_type": "StreamVACETextEncode", "inputs": {"text_encoder": ["12", 0], "text": prompt}}
+            g["12"] = {"class_type": "StreamVACELoadTextEncoder", "inputs": {
+                "text_encoder_name": "umt5_tiny_fp16.safetensors", "tokenizer": "auto", "dtype": "fp32"}}
+        else:
+            g["1"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 0], "text": prompt}}
+            g["12"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_tiny_fp16.safetensors",
+                                                              "type": "wan", "device": "default"}}
+        return g
+
+    theirs = _pixels(comfyui, comfyui.run(graph("text-comfy", ours=False)))
+    ours = _pixels(comfyui, comfyui.run(graph("text-ours", ours=True)))
+    assert theirs.shape == ours.shape == (9, H, W, 3)
+    assert (theirs - ours).abs().max() <= 1, (theirs - ours).abs().max()  # 8-bit rounding of equal videos
+    other = graph("text-other", ours=True)
+    other["1"]["inputs"]["text"] = "a blue dog in the forest at night"
+    assert (_pixels(comfyui, comfyui.run(other)) - ours).abs().float().mean() > 1, "the prompt changed nothing"
