@@ -14,8 +14,8 @@ own CLIPLoader(type wan) / CLIPTextEncode code, which a test-only custom node le
 (tests/_comfyui_umt5.py says what it patches and why). The tests at the end pin problems this test once found
 in the pack (validation, lost chunks, restarts), now fixed, and compare our umT5 encoder with ComfyUI's.
 
-Last run: 2026-12-06, ComfyUI 0.8.0 (CPU, torch 2.14.1, transformers 5.25), 37 passed, 0 failed in 6 min on
-2 busy cores: all 18 API workflows; 3 queued runs with a randomized seed give 9, 12, 12 frames of one stream;
+Last run: 2026-12-06, ComfyUI 0.8.0 (CPU, torch 2.14.1, transformers 5.25), 37 passed, 0 failed in 14 min on
+2 cores shared with other jobs (load 5): all 18 API workflows; 3 queued runs with a randomized seed give 9, 12, 12 frames of one stream;
 one JPEG preview per chunk over the websocket during sampling; `streamvace queue` 3 runs (9, 12, 12 frames) and
 a rejected workflow (one line, exit 2); our umT5 vs ComfyUI's wan encoder on a tiny umT5 (fp16 weights, fp32
 compute, padded to 512): max abs diff 5.7e-6 (tolerance 1e-4 x max |value|, values up to 4.2).
@@ -526,24 +526,30 @@ def test_our_umt5_encoder_matches_comfyuis_wan_text_encoder(base_dir, tmp_path):
     assert long["ours_ids"][:511] == long["comfy_ids"][:511] and long["ours_ids"][511] == 1, long
 
 
-def test_queue_command_reports_a_rejected_workflow_in_one_line_and_exits_2(comfyui, tmp_path, capsys):
-    from streamvace.cli import main
+def test_queue_command_reports_a_rejected_workflow_in_one_line_and_exits_2(comfyui, tmp_path):
+    """`python -m streamvace queue` itself (a subprocess): ComfyUI's node errors in one line, exit code 2."""
+    import subprocess
 
     bad = t2v_graph("queued-bad")
     bad["4"]["inputs"]["width"] = 8  # below the sampler's minimum
     del bad["5"]["inputs"]["vae"]
     path = tmp_path / "bad_api.json"
     path.write_text(json.dumps(bad))
-    assert main(["queue", str(path), "--runs", "2", "--url", comfyui.url, "--timeout", "60"]) == 2
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("streamvace queue:")]
-    assert len(errors) == 1 and captured.out == "", captured
+
+    def queue(*args):
+        return subprocess.run([sys.executable, "-m", "streamvace", "queue", *args, "--url", comfyui.url],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = queue(str(path), "--runs", "2")
+    errors = [line for line in done.stderr.splitlines() if "streamvace queue:" in line]
+    assert done.returncode == 2 and done.stdout == "" and len(errors) == 1, done
     assert "ComfyUI rejected the workflow" in errors[0], errors
     assert "node 4 (StreamVACESampler)" in errors[0] and "width" in errors[0], errors
     assert "node 5 (StreamVACEVAEDecodeStream)" in errors[0] and "vae" in errors[0], errors
+    assert "Traceback" not in done.stderr, done.stderr
     # a UI-format workflow is refused before anything is posted, saying what to queue instead
-    assert main(["queue", str(ROOT / "workflows" / "text_to_video.json"), "--url", comfyui.url]) == 2
-    assert "a UI-format workflow; queue its API-format twin" in capsys.readouterr().err
+    done = queue(str(ROOT / "workflows" / "text_to_video.json"))
+    assert done.returncode == 2 and "a UI-format workflow; queue its API-format twin" in done.stderr, done
 
 
 def _pixels(comfyui, entry: dict, node: str = "6") -> torch.Tensor:
