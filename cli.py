@@ -217,7 +217,8 @@ def _add_generate(commands) -> None:
     g.add_argument("--policy", default="longlive",
                    help="KV cache policy: longlive (trained default), motionstream, full (<= 21 frames), infinity "
                         "(LongLive-infinity: relative RoPE, for endless streams), deep_forcing (deep sink + "
-                        "participative compression; parameters as deep_forcing:sink_frames=12,budget_frames=18)")
+                        "participative compression; parameters as deep_forcing:sink_frames=12,top_frames=4: the deep "
+                        "sink and the top-C frames kept, sink + 4 recent + top <= 21)")
     g.add_argument("--steps", type=_steps, default="1000,750,500,250", help="denoising timesteps")
     g.add_argument("--strength", type=float, default=1.0, help="VACE control strength")
     g.add_argument("--fps", type=float, default=16.0, help="frame rate without an input video")

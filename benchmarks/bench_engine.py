@@ -142,6 +142,8 @@ def time_end_to_end(model, height, width, vace, decoder_kind, chunks, smoke, fas
     with torch.device(device):
         tiny = (TinyVAE(encoder_width=8, decoder_widths=(16, 8, 8, 8)) if smoke else TinyVAE()).to(dtype).eval()
         wan = (WanVAE(WanVAEConfig(dim=8)) if smoke else WanVAE()).to(dtype).eval() if decoder_kind == "wan" else None
+        if wan is not None and device.type == "cuda":
+            wan.use_fast_kernels()  # what the loaders do on CUDA
     decoder = wan or tiny
     session = StreamSession(model, StreamConfig(height=height, width=width, seed=1), tiny)
     session.stream.cuda_graphs = fast and device.type == "cuda"
@@ -191,30 +193,68 @@ def time_session_sync_free(model, height, width, chunks):
 
 
 def time_attention_kernels(height, width, device, dtype):
-    """ms of one steady-state self-attention (chunk queries over the full LongLive cache) per SDPA kernel."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """ms of one steady-state self-attention (chunk queries over the full LongLive cache) per kernel: the SDPA
+    ones, and flash-attn / SageAttention where installed, with each one's difference from the math kernel."""
+    from streamvace.models.wan.attention import PACKAGES, attention, available_backends
 
     n = (height // 16) * (width // 16)
-    q = torch.randn(1, 12, 3 * n, 128, device=device, dtype=dtype)
-    k, v = (torch.randn(1, 12, 12 * n, 128, device=device, dtype=dtype) for _ in range(2))
+    q = torch.randn(1, 3 * n, 12, 128, device=device, dtype=dtype)
+    k, v = (torch.randn(1, 12 * n, 12, 128, device=device, dtype=dtype) for _ in range(2))
+    reference = attention(q.float(), k.float(), v.float()) if n <= 1000 else None  # 368x640: small enough
+    kernels = {"cudnn": "sdpa_cudnn", "flash": "sdpa_flash", "efficient": "sdpa_efficient"}
+    kernels.update({name: name for name in PACKAGES if name in available_backends()})
     out = {}
-    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+    for name, backend in kernels.items():
         try:
-            with sdpa_kernel(backend):
-                for _ in range(3):
-                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(20):
-                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                end.record()
-                torch.cuda.synchronize()
+            for _ in range(3):
+                result = attention(q, k, v, backend=backend)
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(20):
+                attention(q, k, v, backend=backend)
+            end.record()
+            torch.cuda.synchronize()
             ms = start.elapsed_time(end) / 20
             out[name] = {"ms": round(ms, 3), "tflops": round(4 * 12 * 3 * n * 12 * n * 128 / ms / 1e9, 1)}
-        except RuntimeError as error:
+            if reference is not None:
+                error = (result.float() - reference).norm() / reference.norm()
+                out[name]["relative_error_vs_fp32"] = float(error)
+        except (RuntimeError, ImportError) as error:
             out[name] = {"error": str(error).splitlines()[0][:200]}
+    return out
+
+
+def time_fp8_quantization(model, height, width):
+    """The FFN's GELU + row-wise e4m3 quantisation of one chunk's tokens: the Triton kernel against the same
+    arithmetic compiled by Inductor (its own fusion), ms per call and the kernel's difference from it."""
+    from streamvace.models.wan import fp8_kernels
+    from streamvace.models.wan.fp8 import E4M3_MAX
+
+    def inductor_reference(x):
+        x = torch.nn.functional.gelu(x, approximate="tanh")
+        scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
+        return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
+
+    tokens = 3 * (height // 16) * (width // 16)
+    x = torch.randn(tokens, model.blocks[0].ffn[0].out_features, device="cuda", dtype=torch.bfloat16) * 2
+    out = {"shape": list(x.shape)}
+    compiled = torch.compile(inductor_reference, dynamic=False)
+    for name, fn in (("triton_kernel", lambda: fp8_kernels.quantize_rows_e4m3(x, True)), ("inductor", lambda: compiled(x))):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
+    (values, scale), (ref_values, ref_scale) = fp8_kernels.quantize_rows_e4m3(x, True), compiled(x)
+    dequantized, reference = values.float() * scale, ref_values.float() * ref_scale
+    out["scale_max_rel_diff"] = float(((scale - ref_scale).abs() / ref_scale).max())
+    out["dequantized_rel_diff"] = float((dequantized - reference).norm() / reference.norm())
     return out
 
 
@@ -258,7 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse)")
     parser.add_argument("--policies", default="longlive,infinity,deep_forcing",
                         help="cache policies timed by the opt-in 'policies' section (--only policies), T2V at the "
-                             "first size, after 10 warm-up chunks (deep_forcing compresses from chunk 7 on, then on "
+                             "first size, after 24 warm-up chunks (every layout deep_forcing meets is built by then; it compresses from chunk 7 on, then on "
                              "every other chunk: time an even number of chunks)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
@@ -299,12 +339,12 @@ def main(argv=None) -> int:
             record(f"fast_vace_{tag}_new_stream", time_stream(model, height, width, True, warmup=6, chunks=3, fast=cuda))
         if "attention" in sections and cuda:
             record(f"attention_{tag}", time_attention_kernels(height, width, device, dtype))
-    if "policies" in sections:  # the long-horizon policies run eager or compiled blocks, never CUDA graphs
+    if "policies" in sections:  # each policy on the fast path: compiled blocks, steady chunks replayed from CUDA graphs
         if "fast" not in sections and "compare" not in sections and "fp8" not in sections:
             compile_blocks(model, backend=backend)
         height, width = sizes[0]
         for name in args.policies.split(","):
-            record(f"policy_{name}_{height}x{width}", time_stream(model, height, width, False, warmup=10,
+            record(f"policy_{name}_{height}x{width}", time_stream(model, height, width, False, warmup=24,
                                                                   chunks=eager_chunks, fast=cuda, policy=name))
     height, width = sizes[0]
     if "profile" in sections and cuda:
@@ -318,6 +358,8 @@ def main(argv=None) -> int:
             record(f"fast_vs_eager_rel_error_{'vace' if vace else 't2v'}",
                    compare_paths(eager, model, height, width, vace, 8, False, cuda))
         del eager
+    if "fp8" in sections and cuda:
+        record("fp8_quantize_kernel", time_fp8_quantization(model, height, width))
     if "fp8" in sections:
         uncompile_blocks(model)
         fp8 = copy.deepcopy(model)

@@ -36,8 +36,26 @@ POLICY_TOOLTIP = (
     "infinity: like longlive, but frames are numbered inside the memory instead of from the start, so "
     "an endless stream never runs past what the model was trained on (LongLive-infinity; LongLive weights). "
     "deep_forcing: a deep memory of the first 10 frames kept in step with the present, plus the details "
-    "the latest frames look at most (Deep Forcing; training-free, for Self-Forcing weights; long videos "
-    "that keep their look and motion). Every policy costs the same per chunk however long the video gets.")
+    "the latest frames look at most (their sizes: deep_sink_frames, deep_top_frames; Deep Forcing; "
+    "training-free, for Self-Forcing weights; long videos that keep their look and motion). "
+    "Every policy costs the same per chunk however long the video gets.")
+
+
+DEEP_SINK_TOOLTIP = (
+    "Only for the deep_forcing policy: how many of the video's first latent frames (4 video frames each) the "
+    "model never forgets, kept in step with the present. More holds the look of the opening longer; fewer lets "
+    "the video move on more freely. Deep Forcing uses 10. Changing it restarts the stream.")
+DEEP_TOP_TOOLTIP = (
+    "Only for the deep_forcing policy: how much of the older video the memory keeps besides the first frames and "
+    "the latest 4, in latent frames' worth of the details the newest frames look at most (the top C). Deep "
+    "Forcing uses 2. First frames + 4 + this must fit the 21-frame memory. Changing it restarts the stream.")
+
+
+def sampler_policy(name: str, deep_sink_frames: int = 10, deep_top_frames: int = 2):
+    """The cache policy the sampler's inputs choose (the deep_* inputs apply to deep_forcing only)."""
+    if name == "deep_forcing":
+        return make_cache_policy(name, sink_frames=deep_sink_frames, top_frames=deep_top_frames)
+    return make_cache_policy(name)
 
 
 class StreamVACEModelLoader:
@@ -220,6 +238,8 @@ class StreamVACESampler:
                         "cached, and generation goes on from there. Later runs ignore it."}),
             "preview_vae": (VAE_TYPE, {"tooltip": "A tiny VAE (taew2_1) for full-size previews of each chunk while "
                             "sampling; without it the previews are a cheap latent-to-RGB approximation."}),
+            "deep_sink_frames": ("INT", {"default": 10, "min": 0, "max": 17, "tooltip": DEEP_SINK_TOOLTIP}),
+            "deep_top_frames": ("INT", {"default": 2, "min": 0, "max": 17, "tooltip": DEEP_TOP_TOOLTIP}),
         }}
 
     @classmethod
@@ -237,11 +257,13 @@ class StreamVACESampler:
         return True
 
     def sample(self, model, positive, stream_id, reset, width, height, chunks, seed, cache_policy, steps,
-               warp_steps, vae=None, control=None, prompts=None, prefill=None, preview_vae=None):
+               warp_steps, vae=None, control=None, prompts=None, prefill=None, preview_vae=None, deep_sink_frames=10,
+               deep_top_frames=2):
         """Continue the stream and return this run's latents (ComfyUI LATENT, tagged with the stream position)."""
+        policy = sampler_policy(cache_policy, deep_sink_frames, deep_top_frames)  # refused before anything moves
         use(model, vae)  # back onto the GPU if ComfyUI offloaded them since the last run
         step_list = parse_steps(steps)
-        config = StreamConfig(height=height, width=width, policy=make_cache_policy(cache_policy), steps=step_list,
+        config = StreamConfig(height=height, width=width, policy=policy, steps=step_list,
                               warp_steps=warp_steps, seed=seed)
         prompt, controls = conditioning_to_embedding(positive), list(control or ())
         streams = registry("wan")

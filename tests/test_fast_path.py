@@ -89,6 +89,20 @@ def test_fp8_linear_computes_the_quantised_product():
     assert 1e-3 < error < 0.06, f"e4m3 should cost a few per cent, not {error:.2e}"
 
 
+def test_fp8_linear_with_gelu_input_quantises_gelu_of_its_input():
+    from streamvace.models.wan.fp8 import FP8Linear
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(6, 96, generator=g) * 3).to(DEVICE)
+    plain = FP8Linear(torch.nn.Linear(96, 16).to(DEVICE))
+    with_gelu = FP8Linear(torch.nn.Linear(96, 16).to(DEVICE))
+    with_gelu.load_state_dict(plain.state_dict())
+    with_gelu.gelu_input = True
+    expected = plain(torch.nn.functional.gelu(x, approximate="tanh"))
+    torch.testing.assert_close(with_gelu(x), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain(x), expected, atol=1e-3)
+
+
 def test_fp8_blocks_stream_close_to_full_precision():
     from streamvace.models.wan.fp8 import FP8Linear, quantize_blocks_fp8
 
@@ -96,6 +110,8 @@ def test_fp8_blocks_stream_close_to_full_precision():
     full, _ = _run(model, "longlive", 3, static=False, vace=False)
     assert quantize_blocks_fp8(model) == 8 * len(model.blocks)
     assert isinstance(model.blocks[0].ffn[0], FP8Linear) and not isinstance(model.blocks[0].cross_attn.k, FP8Linear)
+    # the FFN's GELU moved into the second FP8Linear (one quantisation kernel on CUDA), the key tree unchanged
+    assert isinstance(model.blocks[0].ffn[1], torch.nn.Identity) and model.blocks[0].ffn[2].gelu_input
     fp8, _ = _run(model, "longlive", 3, static=False, vace=False)
     error = ((fp8 - full).norm() / full.norm()).item()
     assert 1e-4 < error < 0.1, f"relative difference {error:.2e}"

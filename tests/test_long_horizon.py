@@ -70,6 +70,33 @@ class NaiveInfinity:
         return [make(layer) for layer in range(len(self.frames))]
 
 
+    def recache_attends(self, switch_frame, attended):
+        """LongLive v1.0's prompt switch with infinite attention (global sink): one t = 0 forward over the last
+        min(attended, s) clean frames, queries at their index 0.. in that list, keys = the cache after the
+        write (index = place); past the first window the sink is protected: it keeps its old K/V and only the
+        frames after it in the list are written (is_recompute), the first ones only ask queries."""
+        s, m = switch_frame, min(attended, switch_frame)
+        sink = self.policy.sink_frames
+        protect = s > m
+
+        def make(layer):
+            def attend(q, k, v):
+                store, per = self.frames[layer], k.shape[1] // m
+                new = {s - m + i: (k[:, i * per:(i + 1) * per], v[:, i * per:(i + 1) * per]) for i in range(m)}
+                if protect:
+                    cache = [store[f] for f in range(sink)] + [new[f] for f in range(s - (m - sink), s)]
+                    store.update({f: new[f] for f in range(s - (m - sink), s)})
+                else:
+                    cache = [new[f] for f in range(s - m, s)]
+                    store.update(new)
+                q_rot = rotate(q, list(range(m)), self.grid_hw, self.head_dim)
+                k_rot = rotate(torch.cat([kv[0] for kv in cache], 1), list(range(len(cache))), self.grid_hw,
+                               self.head_dim)
+                return attention(q_rot, k_rot, torch.cat([kv[1] for kv in cache], 1))
+            return attend
+        return [make(layer) for layer in range(len(self.frames))]
+
+
 class NaiveDeepForcing:
     """Deep Forcing as the reference computes it (batch 1): a token list with absolute frame positions, the sink
     moved to current_start - tail frames - sink frames on each compression, top-C by sorting the scores of the
@@ -124,13 +151,20 @@ class NaiveDeepForcing:
         c["sink_start"] = start - tail_frames - p.sink_frames
 
 
-def naive_generation(model, text, sigmas, noises, naive, contexts=None, scales=None):
-    """The stream's sampling loop over a naive cache: denoising steps, then the clean pass that caches K/V."""
+def naive_generation(model, text, sigmas, noises, naive, contexts=None, scales=None, switch=None):
+    """The stream's sampling loop over a naive cache: denoising steps, then the clean pass that caches K/V.
+    switch=(chunk, text, attended): before that chunk, switch to the new prompt with the naive re-cache."""
     grid_hw = naive.grid_hw
     base_text, vace_text = model.text_kv(text.to(DEVICE))
     clean = []
     for c, chunk_noises in enumerate(noises):
         start = c * N
+        if switch is not None and c == switch[0]:
+            base_text, vace_text = model.text_kv(switch[1].to(DEVICE))
+            m = min(switch[2], start)
+            latents = torch.cat(clean, 2)[:, :, start - m:start]
+            e, e0 = model.embed_time(torch.full((1,), model_timestep(0.0), device=DEVICE))
+            model.run_blocks(model.patchify(latents), e0, base_text, Raw(), naive.recache_attends(start, switch[2]))
         x = x0 = chunk_noises[0]
         for step, sigma in enumerate([*sigmas, 0.0]):
             last = step == len(sigmas)
@@ -162,7 +196,8 @@ def rotate_table(head_dim, start, grid_hw):
     return RotaryTable.for_grid(head_dim, start, N, *grid_hw, device=DEVICE)
 
 
-def run_stream(policy, chunks, vace=False, seed=7):
+def run_stream(policy, chunks, vace=False, seed=7, switch=None):
+    """A stream of `chunks` chunks; switch=(chunk, text): set a new prompt before that chunk (re-cache)."""
     model = tiny_model(vace=vace)
     torch.manual_seed(0)
     config = StreamConfig(height=HEIGHT, width=WIDTH, policy=policy, seed=seed, steps=(1000, 750, 500))
@@ -175,6 +210,8 @@ def run_stream(policy, chunks, vace=False, seed=7):
         scales = [0.8, 0.5]
     got = []
     for c in range(chunks):
+        if switch is not None and c == switch[0]:
+            stream.set_prompt(switch[1])
         items = [VaceInput(ctx[:, :, N * c:N * c + N], s) for ctx, s in zip(contexts, scales)] if vace else ()
         got.append(stream.next_chunk(items))
     noises = stream_noises(config, stream.latent_shape, chunks)
@@ -202,7 +239,7 @@ def test_infinity_equals_naive_relative_rope(name, with_vace):
 
 
 DEEP = {
-    "small": dict(sink_frames=2, budget_frames=8, recent_frames=4, max_frames=11),  # compresses at chunks 3, 5, 7
+    "small": dict(sink_frames=2, budget_frames=8, recent_frames=4, max_frames=11),  # compresses at chunks 3, 5, 7, 9
     "paper": dict(),  # S 10, N 16, R 4, M 21: compresses at chunks 7, 9
 }
 
@@ -210,7 +247,7 @@ DEEP = {
 @pytest.mark.parametrize("name", DEEP)
 def test_deep_forcing_equals_naive_reference(name):
     policy = cache_policy("deep_forcing", N, **DEEP[name])
-    chunks = 8 if name == "small" else 10
+    chunks = 11 if name == "small" else 10  # small: plans built once are reused from chunk 8 on
     model, stream, text, noises, got, _, _ = run_stream(policy, chunks)
     assert isinstance(stream.cache, DeepForcingCache) and stream.cache.compressed_at is not None
     naive = NaiveDeepForcing(policy, model.config.num_layers, stream.grid[1:], model.config.head_dim)
@@ -244,6 +281,12 @@ def test_interrupted_chunks_leave_the_stream_as_it_was():
 def test_policy_parameters_text_form_and_errors():
     policy = cache_policy_from_text("deep_forcing:sink_frames=12,budget_frames=18")
     assert (policy.sink_frames, policy.budget_frames, policy.recent_frames, policy.max_frames) == (12, 18, 4, 21)
+    policy = cache_policy_from_text("deep_forcing:sink_frames=14,top_frames=3")  # C directly: budget = S + R + C
+    assert (policy.sink_frames, policy.top_frames, policy.budget_frames, policy.max_frames) == (14, 3, 21, 21)
+    with pytest.raises(ValueError, match="lower sink_frames or top_frames"):
+        cache_policy_from_text("deep_forcing:sink_frames=14,top_frames=4")
+    with pytest.raises(ValueError, match="not both"):
+        cache_policy_from_text("deep_forcing:top_frames=2,budget_frames=16")
     assert isinstance(cache_policy_from_text("infinity"), InfinityPolicy)
     assert cache_policy_from_text("infinity").visible_past(30) == cache_policy("longlive").visible_past(30)
     with pytest.raises(ValueError, match="name=integer"):
@@ -265,3 +308,25 @@ def test_prompt_switch_with_long_horizon_policies():
         assert stream._recache_pending == recaches
         after = stream.next_chunk()
         assert torch.isfinite(after).all() and not stream._recache_pending
+
+
+@pytest.mark.parametrize(("name", "switch_chunk"), [("longlive-infinity", 5), ("sink1-attend6", 2),
+                                                    ("sink1-attend6", 4)])
+def test_infinity_prompt_switch_equals_longlive_infinity_recache(name, switch_chunk):
+    """The re-cache on a prompt switch equals LongLive v1.0's with infinite attention, computed naively in its
+    terms: before the first full window (switch at frame 6 with a 6-frame window) every frame is re-cached,
+    sink included; after it (frames 15 and 12) the sink keeps its K/V and the window is re-cached."""
+    params = INFINITY[name]
+    policy = cache_policy("infinity", N, **params)
+    chunks = switch_chunk + 3  # the window rolls past the re-cached frames
+    new_text = torch.randn(1, 6, TEXT_DIM, generator=torch.Generator().manual_seed(3))
+    model, stream, text, noises, got, _, _ = run_stream(policy, chunks, switch=(switch_chunk, new_text))
+    naive = NaiveInfinity(policy, model.config.num_layers, stream.grid[1:], model.config.head_dim)
+    attended = params.get("attended_frames", 12)
+    with torch.no_grad():
+        want = naive_generation(model, text, stream.sigmas, noises, naive, switch=(switch_chunk, new_text, attended))
+        naive = NaiveInfinity(policy, model.config.num_layers, stream.grid[1:], model.config.head_dim)
+        unswitched = naive_generation(model, text, stream.sigmas, noises, naive)
+    assert rel_err(want[switch_chunk], unswitched[switch_chunk]) > 1e-2  # the switch changes what follows
+    for c, (a, b) in enumerate(zip(got, want)):
+        assert rel_err(a, b) <= 1e-5, f"chunk {c}: relative error {rel_err(a, b):.2e}"

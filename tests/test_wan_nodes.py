@@ -225,3 +225,31 @@ def test_sampler_previews_every_chunk_through_comfyui_progress(models_dir, monke
     assert [value for value, _ in previews] == [3, 6] and [v for v, _, _ in calls][-1] == 6
     kind, image, size = previews[0][1]
     assert kind == "JPEG" and image.size == (W, H) and size == 512
+
+
+def test_deep_forcing_sizes_are_sampler_inputs(models_dir):
+    from streamvace.models.wan.kv_cache import DeepForcingPolicy, cache_policy
+    from streamvace.nodes.streams import registry
+
+    optional = NODES["StreamVACESampler"].INPUT_TYPES()["optional"]
+    for name, default in (("deep_sink_frames", 10), ("deep_top_frames", 2)):  # the paper's S = 10, C = 16 - 10 - 4
+        assert optional[name][0] == "INT" and optional[name][1]["default"] == default
+        assert "deep_forcing" in optional[name][1]["tooltip"]
+    model, _ = _load(models_dir)
+    sampler = NODES["StreamVACESampler"]()
+    args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="deep", reset=False, width=W,
+                height=H, chunks=1, seed=0, cache_policy="deep_forcing", steps="1000,500", warp_steps=True,
+                deep_sink_frames=2, deep_top_frames=3)
+    assert sampler.sample(**args)[0]["stream_frame"] == 0
+    policy = registry("wan").get("deep").stream.config.policy
+    assert isinstance(policy, DeepForcingPolicy)
+    assert (policy.sink_frames, policy.top_frames, policy.recent_frames, policy.budget_frames) == (2, 3, 4, 9)
+    assert sampler.sample(**args)[0]["stream_frame"] == 3
+    with pytest.raises(ValueError, match="sink_frames or top_frames"):  # 15 + 4 + 5 > 21, refused: nothing moves
+        sampler.sample(**{**args, "deep_sink_frames": 15, "deep_top_frames": 5})
+    assert sampler.sample(**args)[0]["stream_frame"] == 6
+    assert sampler.sample(**{**args, "deep_top_frames": 4})[0]["stream_frame"] == 0  # new sizes: a new stream
+    # other policies ignore the deep_forcing sizes
+    longlive = {**args, "cache_policy": "longlive", "stream_id": "ll", "deep_sink_frames": 17, "deep_top_frames": 17}
+    sampler.sample(**longlive)
+    assert registry("wan").get("ll").stream.config.policy == cache_policy("longlive")

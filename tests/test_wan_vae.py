@@ -242,3 +242,50 @@ def test_loader_names_the_file_and_what_it_looks_like(weights, tmp_path):
     damaged = {k: v for k, v in weights["state_dict"].items() if "decoder.upsamples.4." not in k}
     with pytest.raises(CheckpointError, match=r"damaged\.pth.*missing decoder\.upsamples\.4"):
         load_wan_vae(save_weights(damaged, tmp_path / "damaged.pth"))
+
+
+@pytest.fixture(scope="module")
+def fast_vae(weights):
+    """The same weights with channels-last convs and the fused norm+SiLU function (uncompiled on the CPU)."""
+    from streamvace.models.vae.wan_vae_blocks import RMSNorm, norm_silu
+    model = load_wan_vae(weights["safetensors"]).use_fast_kernels(fuse=False)
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.fused_silu = norm_silu
+    return model
+
+
+def test_fast_kernels_keep_the_layout_and_match_diffusers_chunk_by_chunk(fast_vae, clip):
+    video, latents, decoded = clip
+    conv = fast_vae.decoder.conv1
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) and not conv.weight.is_contiguous()
+    encoder, pieces = fast_vae.new_encoder_cache(), []
+    for start, size in ((0, 5), (5, 8)):
+        pieces.append(fast_vae.encode(video[:, :, start:start + size], encoder))
+    assert all(p.is_contiguous() for p in pieces)
+    assert relative_error(torch.cat(pieces, dim=2), latents) <= TOLERANCE
+    decoder, frames = fast_vae.new_decoder_cache(), []
+    for start, size in ((0, 1), (1, 3)):  # the first pass, then the temporal upsamplers' interleave
+        frames.append(fast_vae.decode(latents[:, :, start:start + size], decoder))
+    assert relative_error(torch.cat(frames, dim=2), decoded) <= TOLERANCE
+
+
+def test_fast_kernels_can_be_switched_off(weights, clip):
+    model = load_wan_vae(weights["safetensors"]).use_fast_kernels(fuse=False).use_fast_kernels(False)
+    assert model.decoder.conv1.weight.is_contiguous() and not model.channels_last
+    assert relative_error(model.decode(clip[1]), clip[2]) <= TOLERANCE
+
+
+def test_layout_sensitive_steps_give_the_same_frames_channels_last():
+    """On the CPU conv3d answers in the plain layout, so the channels-last branches are checked here directly."""
+    from streamvace.models.vae.wan_vae_blocks import AttentionBlock, _interleave_frames
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 3, 6, 10)
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    interleaved = _interleave_frames(x_cl)
+    assert interleaved.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(interleaved, _interleave_frames(x))
+    assert torch.equal(interleaved[:, :, 1], x[:, 4:, 0]) and torch.equal(interleaved[:, :, 2], x[:, :4, 1])
+    block = AttentionBlock(8).eval()
+    with torch.no_grad():
+        assert torch.allclose(block(x_cl), block(x), atol=1e-6)

@@ -15,6 +15,7 @@ Usage (normalised latents in and out; see models/vae/cache.py for the chunk fram
     vae.decode(z0, dec), vae.decode(z1, dec) # 9 frames, then 12
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,11 @@ from ..checkpoint_io import CheckpointError, check_finite_weights, read_checkpoi
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
 from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
-from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
+from .wan_vae_blocks import (AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, norm_silu,
+                             number_cache_slots)
 
 EXPECTED_FILE = "the Wan2.1 VAE (Wan2.1_VAE.pth or wan_2.1_vae.safetensors)"
+_COMPILED_NORM_SILU = []  # one compiled norm_silu per process, shape-generic, shared by every VAE
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ class Encoder3d(nn.Module):
         x = self.conv1(x, step)
         for layer in (*self.downsamples, *self.middle):
             x = layer(x, step)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), step)
+        norm, _, conv = self.head
+        return conv(norm.then_silu(x), step)
 
 
 class Decoder3d(nn.Module):
@@ -97,8 +100,8 @@ class Decoder3d(nn.Module):
         x = self.conv1(x, step)
         for layer in (*self.middle, *self.upsamples):
             x = layer(x, step)
-        norm, act, conv = self.head
-        return conv(act(norm(x)), step)
+        norm, _, conv = self.head
+        return conv(norm.then_silu(x), step)
 
 
 class WanVAE(nn.Module, StreamingVAE):
@@ -120,6 +123,36 @@ class WanVAE(nn.Module, StreamingVAE):
         self._encoder_slots = number_cache_slots(self.encoder)
         self._decoder_slots = number_cache_slots(self.decoder)
         self._owner = f"WanVAE(dim={config.dim}, mult={tuple(config.dim_mult)})"
+        self.channels_last = False  # use_fast_kernels: activations and conv weights stored channels-last
+        self.auto_fast_kernels = True  # switch them on at the first call on a CUDA device (False: never)
+
+    def use_fast_kernels(self, enabled: bool = True, fuse: bool = None) -> "WanVAE":
+        """Channels-last convs (cuDNN's native tensor-core layout, autotuned per shape) and, on CUDA, RMSNorm+SiLU
+        fused by torch.compile. Same arithmetic as the plain path up to kernel round-off; returns self."""
+        layouts = {5: torch.channels_last_3d, 4: torch.channels_last}
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                layout = layouts[module.weight.dim()] if enabled else torch.contiguous_format
+                module.weight.data = module.weight.data.contiguous(memory_format=layout)
+        self.channels_last, self.auto_fast_kernels = enabled, False
+        fuse = (enabled and self.device.type == "cuda") if fuse is None else fuse
+        if fuse and not _COMPILED_NORM_SILU:
+            _COMPILED_NORM_SILU.append(torch.compile(norm_silu, dynamic=True))
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.fused_silu = _COMPILED_NORM_SILU[0] if fuse else None
+        return self
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.auto_fast_kernels and x.is_cuda:
+            self.use_fast_kernels()
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    def _tuned_convs(self):
+        """cuDNN autotuning for the calls of a channels-last VAE only (the process-wide switch is left as found)."""
+        if not (self.channels_last and self.device.type == "cuda"):
+            return contextlib.nullcontext()
+        return _cudnn_benchmark()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -146,6 +179,12 @@ class WanVAE(nn.Module, StreamingVAE):
     def encode(self, video: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Video [B,3,T,H,W] in [-1,1] -> normalised float32 latents [B,16,t,H/8,W/8]; cache=None: a whole clip."""
         x, cache, shape, step = self._begin_encode(video, cache, check_inputs)
+        with self._tuned_convs():
+            latents = self._encode_frames(self._layout(x), step)
+        cache.commit(step.slots, shape)
+        return latents
+
+    def _encode_frames(self, x: torch.Tensor, step) -> torch.Tensor:
         pieces = []
         if step.first:  # frame 0 alone becomes latent 0
             pieces.append(self.encoder(x[:, :, :1], step))
@@ -155,24 +194,36 @@ class WanVAE(nn.Module, StreamingVAE):
         moments = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
         z = self.config.z_dim  # conv1 is 1x1x1: only its mean half is needed
         mean = F.conv3d(moments, self.conv1.weight[:z], self.conv1.bias[:z])
-        latents = normalize_latents(mean.float())
-        cache.commit(step.slots, shape)
-        return latents
+        return normalize_latents(mean.float()).contiguous()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, cache: VAECache = None, check_inputs: bool = True) -> torch.Tensor:
         """Normalised latents [B,16,t,h,w] -> video [B,3,T,8h,8w] in [-1,1] (VAE dtype); cache=None: a whole clip."""
         raw, cache, shape, step = self._begin_decode(latents, cache, check_inputs)
-        x = self.conv2(raw)
+        with self._tuned_convs():
+            video = self._decode_latents(self.conv2(self._layout(raw)), step)
+        cache.commit(step.slots, shape)
+        return video
+
+    def _decode_latents(self, x: torch.Tensor, step) -> torch.Tensor:
         pieces = []
         if step.first:  # latent 0 alone decodes to frame 0
             pieces.append(self.decoder(x[:, :, :1], step))
             step.first, x = False, x[:, :, 1:]
         if x.shape[2]:
             pieces.append(self.decoder(x, step))
-        video = (torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]).clamp_(-1.0, 1.0)
-        cache.commit(step.slots, shape)
-        return video
+        video = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]
+        return video.clamp_(-1.0, 1.0).contiguous()
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def config_from_state_dict(state_dict: dict, path: str = "<state dict>") -> WanVAEConfig:

@@ -17,6 +17,24 @@ import torch.nn.functional as F
 CONTEXT_FRAMES = 2  # a temporal kernel of 3 looks at the two previous frames
 
 
+def frames_layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format that keeps x's layout: channels_last(_3d) when x is stored channels-last."""
+    if x.dim() == 5:
+        return torch.channels_last_3d if _channels_last(x, torch.channels_last_3d) else torch.contiguous_format
+    return torch.channels_last if _channels_last(x, torch.channels_last) else torch.contiguous_format
+
+
+def _channels_last(x: torch.Tensor, layout: torch.memory_format) -> bool:
+    # a tensor with one channel is both contiguous and channels-last; it keeps the plain layout
+    return x.shape[1] > 1 and x.is_contiguous(memory_format=layout) and not x.is_contiguous()
+
+
+def norm_silu(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """SiLU(x / ||x||_2 * gamma) over the channel axis: RMSNorm then SiLU, one kernel when compiled."""
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+    return F.silu(x * norm.reciprocal().to(x.dtype) * gamma.to(x.dtype))
+
+
 class CausalConv3d(nn.Conv3d):
     """3-D conv padded in time at the front only (2 frames for kernel 3), continuing from its cache slot."""
 
@@ -51,10 +69,18 @@ class RMSNorm(nn.Module):
         self.scale = dim ** 0.5
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
+    fused_silu = None  # a compiled norm_silu shared by every norm of a VAE (WanVAE.use_fast_kernels)
+
     def forward(self, x):
         """Normalise over dim 1."""
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
         return x * norm.reciprocal().to(x.dtype) * (self.gamma * self.scale).to(x.dtype)
+
+    def then_silu(self, x):
+        """SiLU(self(x)), the pair every residual block and head applies before a conv."""
+        if self.fused_silu is None:
+            return F.silu(self(x))
+        return self.fused_silu(x, self.gamma * self.scale)
 
 
 class ResidualBlock(nn.Module):
@@ -69,9 +95,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x, step=None):
         """x + residual(x), with both causal convs continuing from their slots."""
-        norm1, act1, conv1, norm2, act2, _, conv2 = self.residual
-        h = conv1(act1(norm1(x)), step)
-        h = conv2(act2(norm2(h)), step)
+        norm1, _, conv1, norm2, _, _, conv2 = self.residual
+        h = conv1(norm1.then_silu(x), step)
+        h = conv2(norm2.then_silu(h), step)
         return h + self.shortcut(x)
 
 
@@ -124,12 +150,11 @@ class Resample(nn.Module):
     def forward(self, x, step):
         """Resample x [B,C,T,H,W]; the temporal step doubles (up) or halves (down) T after the first pass."""
         if self.mode == "upsample3d" and not step.first:
-            b, c, t, h, w = x.shape
-            doubled = self.time_conv(x, step)  # [B, 2C, T, H, W]: two output frames per input frame
-            x = doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+            x = _interleave_frames(self.time_conv(x, step))
         b, c, t, h, w = x.shape
         frames = self.resample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
-        x = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+        layout = torch.channels_last_3d if frames_layout(frames) == torch.channels_last else torch.contiguous_format
+        x = frames.view(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4).contiguous(memory_format=layout)
         if self.mode == "downsample3d":
             slot = self.time_conv.cache_slot
             previous = step.read(slot)
@@ -138,6 +163,17 @@ class Resample(nn.Module):
                 # frames (last, 0, 1), (1, 2, 3), ...: stride 2 over the previous pass's last frame + this pass
                 x = self.time_conv(torch.cat([previous, x], dim=2))  # front_pad 0: a plain strided conv
         return x
+
+
+def _interleave_frames(doubled: torch.Tensor) -> torch.Tensor:
+    """[B, 2C, T, H, W] (channel s*C + c holds frame 2t+s) -> [B, C, 2T, H, W], in the input's layout."""
+    b, c2, t, h, w = doubled.shape
+    c = c2 // 2
+    if frames_layout(doubled) == torch.channels_last_3d:
+        # one copy in channels-last order: (B, T, H, W, 2, C) -> (B, T, 2, H, W, C)
+        cl = doubled.permute(0, 2, 3, 4, 1).view(b, t, h, w, 2, c).permute(0, 1, 4, 2, 3, 5)
+        return cl.reshape(b, 2 * t, h, w, c).permute(0, 4, 1, 2, 3)
+    return doubled.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
 
 
 def number_cache_slots(module: nn.Module) -> int:

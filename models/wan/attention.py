@@ -51,7 +51,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if fast and backend == "sageattention":
         from sageattention import sageattn
 
-        return sageattn(q, k, v, tensor_layout="NHD")
+        # its smooth_k subtracts the keys' mean in place, which would rewrite the KV cache behind k: smooth here
+        return sageattn(q, k - k.mean(dim=1, keepdim=True), v, tensor_layout="NHD", smooth_k=False)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if fast and not torch.compiler.is_compiling():  # inside compiled regions Inductor picks the kernel itself
         # the forced kernel first, PyTorch's default order after it for shapes it cannot take

@@ -62,10 +62,11 @@ class ChunkGraphs:
         self.x = torch.zeros(s.latent_shape, dtype=torch.float32, device=s.device)
         e, e0 = s._time[0]
         self.time = (torch.zeros_like(e), torch.zeros_like(e0))
-        table = RotaryTable.for_grid(s.model.config.head_dim, 0, *s.grid, device=s.device)
-        self.rope = RotaryTable.from_tables(torch.zeros_like(table.cos), torch.zeros_like(table.sin))
+        # the cache's kind of table (a relative-RoPE cache rotates only the queries; see long_horizon.py)
+        table = cache.chunk_rope(s.model.config.head_dim, 0, s.grid, device=s.device)
+        self.rope = type(table).from_tables(torch.zeros_like(table.cos), torch.zeros_like(table.sin))
         self.index = torch.zeros(s.config.chunk_frames * s.tokens_per_frame, dtype=torch.long, device=s.device)
-        self.attends = [cache.index_attend_fn(layer, self.index) for layer in range(s.model.config.num_layers)]
+        self.attends = cache.replay_attend_fns(self.index)
         self.text_kv = None
         self._prompt_version = None
         self._contexts = {}
@@ -75,6 +76,7 @@ class ChunkGraphs:
     def prepare_chunk(self, slots, rope: RotaryTable) -> None:
         """Point the graphs at this chunk: its cache slots and RoPE table (device copies only)."""
         self.index.copy_(self.stream.cache.write_index(slots))
+        self.stream.cache.prepare_replay(slots)
         self.rope.cos.copy_(rope.cos)
         self.rope.sin.copy_(rope.sin)
         if self._prompt_version != self.stream.prompt_version:
@@ -92,7 +94,8 @@ class ChunkGraphs:
 
     def forward(self, x: torch.Tensor, step: int, vace, need_output: bool):
         """One forward of the current chunk, replayed from its graph (captured the first time)."""
-        key = (need_output, tuple(item.scale for item in vace))
+        # the cache's variant: e.g. deep_forcing compresses on the first forward of some chunks only
+        key = (need_output, tuple(item.scale for item in vace), self.stream.cache.replay_variant(step))
         if len(vace) not in self._contexts:
             self._contexts[len(vace)] = [torch.zeros_like(item.context) for item in vace]
         inputs = self._contexts[len(vace)]

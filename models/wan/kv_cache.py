@@ -78,7 +78,7 @@ class DeepForcingPolicy(CachePolicy):
 
 def long_horizon_policy(preset: str, chunk_frames: int = 3, **params) -> CachePolicy:
     """'infinity' (LongLive-infinity: sink 3, 12 frames attended) or 'deep_forcing' (sink_frames=10,
-    budget_frames=16, recent_frames=4, max_frames=21 by default)."""
+    budget_frames=16, recent_frames=4, max_frames=21 by default; top_frames=C sets the budget to sink + recent + C)."""
     if preset == "infinity":
         sink = params.pop("sink_frames", 3)
         attended = params.pop("attended_frames", 12)
@@ -87,12 +87,19 @@ def long_horizon_policy(preset: str, chunk_frames: int = 3, **params) -> CachePo
         return InfinityPolicy(sink, max(0, attended - sink - chunk_frames))
     if preset == "deep_forcing":
         sink = params.pop("sink_frames", 10)
-        budget = params.pop("budget_frames", 16)
         recent = params.pop("recent_frames", 4)
         most = params.pop("max_frames", 21)
+        top = params.pop("top_frames", None)  # C in frames: the budget left after the sink and the recent frames
+        if top is not None and "budget_frames" in params:
+            raise ValueError("deep_forcing takes top_frames (C) or budget_frames (sink + recent + C), not both")
+        budget = params.pop("budget_frames", 16 if top is None else sink + recent + top)
         if params:
-            raise ValueError(f"deep_forcing takes sink_frames, budget_frames, recent_frames and max_frames, "
-                             f"not {sorted(params)}")
+            raise ValueError(f"deep_forcing takes sink_frames, top_frames (or budget_frames), recent_frames and "
+                             f"max_frames, not {sorted(params)}")
+        if top is not None and (top < 0 or sink < 0 or budget > most):
+            raise ValueError(f"deep_forcing keeps sink + recent + top frames within its {most}-frame cache "
+                             f"(max_frames), got sink {sink} + recent {recent} + top {top} = {budget}: lower "
+                             f"sink_frames or top_frames")
         if not chunk_frames <= recent <= 2 * chunk_frames:
             raise ValueError(f"deep_forcing needs chunk_frames <= recent_frames <= 2 * chunk_frames (the recent "
                              f"queries come from this chunk and the previous one), got recent {recent}, "
@@ -223,9 +230,11 @@ class KVCache:
     def write_index(self, slots: ChunkSlots) -> torch.Tensor:
         """Slot index (tokens) of each of the chunk's tokens, a device tensor made once per ring phase."""
         key = slots.runs
-        if key not in self._write_indices:  # a handful of phases, all met in the first chunks
-            index = [slot + i for _, slot, length in slots.runs for i in range(length)]
-            self._write_indices[key] = torch.tensor(index, dtype=torch.long, device=self.keys.device)
+        if key not in self._write_indices:  # a handful of phases (deep_forcing: ~14), all met in the first chunks
+            index = torch.tensor([slot + i for _, slot, length in slots.runs for i in range(length)])
+            if self.keys.is_cuda:  # pinned + non-blocking: a new phase met mid-stream does not wait for the GPU
+                index = index.pin_memory()
+            self._write_indices[key] = index.to(self.keys.device, non_blocking=True)
         return self._write_indices[key]
 
     def is_steady(self, slots: ChunkSlots) -> bool:
@@ -243,6 +252,19 @@ class KVCache:
             return attention(q, keys, values, backend=self.backend)
 
         return attend
+
+    # The replay interface of models/wan/fast_path.ChunkGraphs: a steady chunk's forwards read only static
+    # buffers, refilled per chunk by device copies, so one captured graph serves every chunk of its variant.
+    def replay_attend_fns(self, index: torch.Tensor) -> list:
+        """attend(q, k, v) per layer for replayed forwards (`index`: the static slot index of the chunk's tokens)."""
+        return [self.index_attend_fn(layer, index) for layer in range(self.keys.shape[0])]
+
+    def prepare_replay(self, slots: ChunkSlots) -> None:
+        """Fill the static buffers that replayed forwards of this chunk read (device copies only)."""
+
+    def replay_variant(self, step: int):
+        """Set up and name the graph variant of forward `step` of the prepared chunk (None: one for all)."""
+        return None
 
     def resident_frames(self, window_only: bool = True) -> list:
         """Committed frames whose K/V are held: the sink and the window. The ring's oldest chunk is scratch

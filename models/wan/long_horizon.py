@@ -40,8 +40,14 @@ only public code we found is the adaptation in zengqunzhao/Relax-Forcing (`wan/m
   7 there) is not implemented, so a top-C token may stay as long as it keeps winning.
 
 Buffers are allocated once; a chunk only writes slots outside the committed state (ring slots of dead
-frames and the scratch halves of double buffers), and `commit` flips Python ints, so an interrupted chunk
-leaves the stream exactly as it was. No host syncs: positions, masks and top-C come from device ops.
+frames and scratch copies of the top-C tokens and query tails), and `commit` copies the scratch into the
+committed buffers on the device, so an interrupted chunk leaves the stream exactly as it was. No host
+syncs: positions, masks and top-C come from device ops (torch.topk into preallocated buffers); per-chunk
+tensors depend only on positions relative to the chunk, so they are built once per layout (a few, cycled
+in the steady state). Steady chunks replay from CUDA graphs (models/wan/fast_path.py): their forwards read
+static buffers refilled per chunk by device copies (the key rotation of the ring phase, Deep Forcing's
+masks and positions, the chunk's first frame), and Deep Forcing's compressing first forward is a graph
+variant of its own.
 """
 
 from dataclasses import dataclass
@@ -59,6 +65,16 @@ def token_angles(head_dim: int, t: torch.Tensor, h: torch.Tensor, w: torch.Tenso
     for pos, channels in zip((t, h, w), axis_channels(head_dim)):
         parts.append(pos.to(torch.float64)[..., None] * _axis_frequencies(channels, pos.device))
     return torch.cat(parts, dim=-1)
+
+
+def device_ints(values, device) -> torch.Tensor:
+    """A long tensor of Python ints written on the device by fill kernels: no host-to-device copy (which
+    synchronises from pageable memory) and nothing a CUDA graph capture would refuse."""
+    out = torch.zeros(len(values), dtype=torch.long, device=device)
+    for i, value in enumerate(values):
+        if value:
+            out.narrow(0, i, 1).fill_(value)  # fill_(Scalar): the value travels as a kernel argument
+    return out
 
 
 def _per_token(tokens_per_frame: int, per_frame: torch.Tensor) -> torch.Tensor:
@@ -102,30 +118,33 @@ class InfinityCache(KVCache):
     def __init__(self, policy: InfinityPolicy, *, frame_grid: tuple, head_dim: int, **kwargs):
         super().__init__(policy, head_dim=head_dim, **kwargs)
         self.head_dim, self.frame_grid = head_dim, tuple(frame_grid)
-        self._memo = (None, None)
+        self._rotaries = {}  # key places -> TokenRotary: one per ring phase in the steady state, built once
+        self._replay_rotary = None  # static cos/sin that replayed forwards read (see prepare_replay)
 
     def chunk_rope(self, head_dim, start_frame, grid, device=None) -> RotaryTable:
         """Queries at 0..n-1 whatever the chunk's place in the stream; keys are rotated by the cache."""
         return QueryRotary.for_grid(head_dim, 0, *grid, device=device)
 
-    def _key_rotary(self, slots: ChunkSlots) -> TokenRotary:
-        if self._memo[0] is not slots:  # once per chunk, shared by the layers
-            sink, ring, start = self.policy.sink_frames, self.ring_frames, slots.start_frame
-            end = start + slots.num_frames
-            slot = torch.arange(slots.attend_tokens // self.tokens_per_frame, device=self.keys.device)
-            # V = the filled sink slots, then the ring's frames in temporal order (the newest written to each
-            # ring slot); places count from the chunk's first frame, so a ring frame f sits at f - start
-            # and a sink frame i at i minus the chunk's index in V
-            ring_filled = min(ring, max(0, end - sink))
-            first = start if start < sink else sink + start - (end - ring_filled)
-            ring_frame = end - 1 - (end - 1 - slot) % ring
-            place = torch.where(slot < sink, slot - first, ring_frame - start)
-            self._memo = (slots, TokenRotary(rope_angles(self.head_dim, place, *self.frame_grid)))
-        return self._memo[1]
+    def key_places(self, slots: ChunkSlots) -> tuple:
+        """Temporal place of each attended slot (frames) relative to the chunk's first frame (Python ints).
 
-    def is_steady(self, slots: ChunkSlots) -> bool:
-        """Never replayed from CUDA graphs yet: the key rotation changes every chunk (eager or compiled blocks)."""
-        return False
+        V = the filled sink slots, then the ring's frames in temporal order (the newest written to each ring
+        slot); places count from the chunk's first frame, so a ring frame f sits at f - start and a sink
+        frame i at i minus the chunk's index in V. In the steady state they depend on the ring phase only.
+        """
+        sink, ring, start = self.policy.sink_frames, self.ring_frames, slots.start_frame
+        end = start + slots.num_frames
+        ring_filled = min(ring, max(0, end - sink))
+        first = start if start < sink else sink + start - (end - ring_filled)
+        return tuple(slot - first if slot < sink else end - 1 - (end - 1 - slot) % ring - start
+                     for slot in range(slots.attend_tokens // self.tokens_per_frame))
+
+    def _key_rotary(self, slots: ChunkSlots) -> TokenRotary:
+        places = self.key_places(slots)
+        if places not in self._rotaries:  # from Python ints, built on the device: no host copy, no sync
+            place = device_ints(places, self.keys.device)
+            self._rotaries[places] = TokenRotary(rope_angles(self.head_dim, place, *self.frame_grid))
+        return self._rotaries[places]
 
     def attend_fn(self, layer: int, slots: ChunkSlots):
         """Write the chunk's raw k/v, attend over the filled prefix with keys rotated by their place in V."""
@@ -138,6 +157,32 @@ class InfinityCache(KVCache):
             return attention(q, rotary.apply(keys[:, :n]), values[:, :n], backend=self.backend)
 
         return attend
+
+    def replay_attend_fns(self, index: torch.Tensor) -> list:
+        """Steady chunks: write k/v at `index`, attend over every slot, keys rotated by static cos/sin tables."""
+        if self._replay_rotary is None:
+            shape = (self.keys.shape[2], 1, self.head_dim // 2)
+            zeros = torch.zeros(shape, dtype=torch.float32, device=self.keys.device)
+            self._replay_rotary = TokenRotary.from_tables(zeros, zeros.clone())
+        rotary = self._replay_rotary
+
+        def make(layer):
+            keys, values = self.keys[layer], self.values[layer]
+
+            def attend(q, k, v):
+                keys.index_copy_(1, index, k)
+                values.index_copy_(1, index, v)
+                return attention(q, rotary.apply(keys), values, backend=self.backend)
+
+            return attend
+
+        return [make(layer) for layer in range(self.keys.shape[0])]
+
+    def prepare_replay(self, slots: ChunkSlots) -> None:
+        """Copy this ring phase's key rotation into the static tables."""
+        table = self._key_rotary(slots)
+        self._replay_rotary.cos.copy_(table.cos)
+        self._replay_rotary.sin.copy_(table.sin)
 
     def recache_attend_fn(self, layer: int, slots: ChunkSlots, index: torch.Tensor):
         """Attend to the frames in `index` (in temporal order, the chunk last), each at its place in that list."""
@@ -155,22 +200,19 @@ class InfinityCache(KVCache):
 
 @dataclass(frozen=True)
 class _Plan:
-    """What one chunk of a Deep Forcing stream does (Python decisions + device tensors shared by the layers)."""
+    """What one chunk of a Deep Forcing stream does: Python decisions + device tensors shared by the layers.
+    The tensors depend only on positions relative to the chunk, so the steady state cycles through a few."""
 
-    slots: ChunkSlots
     compress: bool
-    history_start: int  # first history frame once this chunk is committed
-    top_buffer: int  # which half of the top-C double buffer the chunk attends to
+    history_shift: int  # first history frame once this chunk is committed, minus the chunk's first frame
     main_rotary: TokenRotary  # raw [sink | ring] keys -> keys at their positions relative to the chunk
     mask: torch.Tensor  # [1, 1, 1, sink + ring + top tokens]: True = attend
     candidates: torch.Tensor  # [top + sink + ring tokens]: True = may be kept by the compression
-    main_frame: torch.Tensor  # [sink + ring tokens]: absolute frame held by each slot
-    main_token: torch.Tensor  # [sink + ring tokens]: spatial index of each slot within its frame
-    tail_shift: TokenRotary  # moves the previous chunk's query tail from its positions to this chunk's
+    main_place: torch.Tensor  # [sink + ring tokens]: frame held by each slot, relative to the chunk's first
 
 
 class DeepForcingCache(KVCache):
-    """Deep Forcing's cache: [sink | ring of history + chunk] raw K/V plus double-buffered top-C tokens."""
+    """Deep Forcing's cache: [sink | ring of history + chunk] raw K/V plus the top-C tokens (committed | scratch)."""
 
     supports_recache = False  # Deep Forcing has no prompt-switch re-cache; a new prompt acts from the next chunk
 
@@ -186,33 +228,36 @@ class DeepForcingCache(KVCache):
                              f"{policy.recent_frames} with chunks of {chunk_frames}")
         self.head_dim, self.frame_grid, self.chunk_frames = head_dim, tuple(frame_grid), chunk_frames
         self.top_tokens = policy.top_frames * tokens_per_frame
+        # index 0 holds the committed state, index 1 the chunk's scratch copy; commit copies 1 -> 0 on the
+        # device, so which buffer a forward reads never depends on how many compressions happened (one graph)
         top = (num_layers, 2, batch, self.top_tokens)
         self.top_keys = torch.zeros(*top, num_heads, head_dim, dtype=dtype, device=device)
         self.top_values = torch.zeros(*top, num_heads, head_dim, dtype=dtype, device=device)
-        self.top_frame = torch.zeros(top, dtype=torch.long, device=device)
+        self.top_frame = torch.zeros(top, dtype=torch.long, device=device)  # absolute frames
         self.top_token = torch.zeros(top, dtype=torch.long, device=device)
         # sum of the rotated queries of the last recent - chunk frames of the latest forward, per layer
         self.query_tail = torch.zeros(num_layers, 2, batch, num_heads, head_dim, dtype=torch.float32, device=device)
-        self._plan = None
+        self.start = torch.zeros((), dtype=torch.long, device=device)  # the chunk's first frame, on the device
+        main = self.keys.shape[2]
+        self.main_token = torch.arange(tokens_per_frame, device=device).repeat(main // tokens_per_frame)
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        self.tail_shift = TokenRotary(token_angles(head_dim, zero - chunk_frames, zero, zero))
+        self._plans = {}  # relative layout -> _Plan tensors, built once each
+        self._replay = None  # static copies of a plan's tensors that replayed forwards read
+        self._replay_plan = self._variant = None
         self.reset()
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all K/V buffers (main, top-C double buffer) and the query tails."""
+        """Bytes held by all K/V buffers (main, top-C committed + scratch) and the query tails."""
         return super().nbytes + self.top_keys.nbytes + self.top_values.nbytes + self.query_tail.nbytes
 
     def chunk_rope(self, head_dim, start_frame, grid, device=None) -> RotaryTable:
         """Queries at 0..n-1; keys are rotated by the cache relative to the chunk's first frame."""
         return QueryRotary.for_grid(head_dim, 0, *grid, device=device)
 
-    def is_steady(self, slots: ChunkSlots) -> bool:
-        """Never replayed from CUDA graphs yet: compression and positions change per chunk (eager or compiled)."""
-        return False
-
     def plan(self, slots: ChunkSlots) -> _Plan:
-        """The chunk's compression decision, positions and masks (built once per chunk)."""
-        if self._plan is not None and self._plan.slots is slots:
-            return self._plan
+        """The chunk's compression decision, positions and masks (Python ints; tensors memoised by layout)."""
         p, n, tpf = self.policy, slots.num_frames, self.tokens_per_frame
         start, sink, ring = slots.start_frame, p.sink_frames, self.ring_frames
         compressed = self.compressed_at is not None
@@ -220,91 +265,132 @@ class DeepForcingCache(KVCache):
         compress = held > p.max_frames
         history_start = start + n - p.recent_frames if compress else self.history_start
         sink_start = (start if compress else self.compressed_at) - p.budget_frames if compress or compressed else 0
-        device = self.keys.device
         last = start + n - 1
-        slot = torch.arange(ring, device=device)
-        ring_frame = last - (last - sink - slot) % ring  # the newest frame written to each ring slot
-        sink_slot = torch.arange(sink, device=device)
-        frame = torch.cat([sink_slot, ring_frame])
-        place = torch.cat([sink_start + sink_slot, ring_frame]) - start
-        valid = torch.cat([sink_slot <= last, ring_frame >= history_start])
-        old_history = (ring_frame >= self.history_start) & (ring_frame < start + n - p.recent_frames)
-        candidate = torch.cat([torch.full((sink,), False, device=device), old_history])
-        top_valid = torch.full((self.top_tokens,), compress or compressed, device=device)
-        zero = torch.zeros(1, dtype=torch.long, device=device)
-        self._plan = _Plan(
-            slots=slots, compress=compress, history_start=history_start,
-            top_buffer=1 - self.top_active if compress else self.top_active,
-            main_rotary=TokenRotary(rope_angles(self.head_dim, place, *self.frame_grid)),
-            mask=torch.cat([_per_token(tpf, valid), top_valid])[None, None, None],
-            candidates=torch.cat([torch.full((self.top_tokens,), compressed, device=device), _per_token(tpf, candidate)]),
-            main_frame=_per_token(tpf, frame), main_token=torch.arange(tpf, device=device).repeat(sink + ring),
-            tail_shift=TokenRotary(token_angles(self.head_dim, zero - n, zero, zero)))
-        return self._plan
+        ring_frame = [last - (last - sink - slot) % ring for slot in range(ring)]  # the newest in each ring slot
+        place = tuple(sink_start + i - start for i in range(sink)) + tuple(f - start for f in ring_frame)
+        valid = tuple(i <= last for i in range(sink)) + tuple(f >= history_start for f in ring_frame)
+        candidate = (False,) * sink + tuple(self.history_start <= f < start + n - p.recent_frames for f in ring_frame)
+        key = (compress, compressed, self.history_start - start, place, valid, candidate)
+        if key not in self._plans:  # a few layouts in all: the steady state repeats them
+            device, top = self.keys.device, self.top_tokens
 
-    def _top_rotary(self, layer: int, buffer: int, start: int) -> TokenRotary:
+            def per_token(flags):
+                return _per_token(tpf, device_ints(flags, device).bool())
+
+            main_place = device_ints(place, device)
+            self._plans[key] = _Plan(
+                compress=compress, history_shift=history_start - start,
+                main_rotary=TokenRotary(rope_angles(self.head_dim, main_place, *self.frame_grid)),
+                mask=torch.cat([per_token(valid), per_token((compress or compressed,) * p.top_frames)])[None, None, None],
+                candidates=torch.cat([per_token((compressed,) * p.top_frames), per_token(candidate)]),
+                main_place=_per_token(tpf, main_place))
+        return self._plans[key]
+
+    def _top_rotary(self, layer: int, buffer: int) -> TokenRotary:
         width = self.frame_grid[1]
         token = self.top_token[layer, buffer]
-        return TokenRotary(token_angles(self.head_dim, self.top_frame[layer, buffer] - start, token // width,
+        return TokenRotary(token_angles(self.head_dim, self.top_frame[layer, buffer] - self.start, token // width,
                                         token % width))
 
     def _compress(self, layer: int, plan: _Plan, q: torch.Tensor, main_keys: torch.Tensor) -> None:
-        start, old = plan.slots.start_frame, self.top_active
-        tail = plan.tail_shift.apply(self.query_tail[layer, self.tail_active][:, None])[:, 0]
+        # the committed top-C (0) and the main buffer -> the scratch top-C (1), all on the device
+        tail = self.tail_shift.apply(self.query_tail[layer, 0][:, None])[:, 0]
         votes = q.float().sum(1) + tail  # [B, heads, head_dim]: the recent queries, summed (phi is linear in q)
-        top_keys = self._top_rotary(layer, old, start).apply(self.top_keys[layer, old])
+        top_keys = self._top_rotary(layer, 0).apply(self.top_keys[layer, 0])
         keys = torch.cat([top_keys.float(), main_keys.float()], dim=1)
         scores = torch.einsum("bhd,blhd->bl", votes, keys).masked_fill(~plan.candidates, float("-inf"))
         chosen = scores.topk(self.top_tokens, dim=1).indices  # [B, C], on the device
         heads = chosen[..., None, None].expand(-1, -1, *self.keys.shape[-2:])
-        new = 1 - old
         for buffer, main in ((self.top_keys, self.keys), (self.top_values, self.values)):
-            buffer[layer, new] = torch.cat([buffer[layer, old], main[layer]], dim=1).gather(1, heads)
+            torch.gather(torch.cat([buffer[layer, 0], main[layer]], dim=1), 1, heads, out=buffer[layer, 1])
         batch = chosen.shape[0]
-        for buffer, main in ((self.top_frame, plan.main_frame), (self.top_token, plan.main_token)):
-            buffer[layer, new] = torch.cat([buffer[layer, old], main.expand(batch, -1)], dim=1).gather(1, chosen)
+        frames = plan.main_place + self.start
+        for buffer, main in ((self.top_frame, frames), (self.top_token, self.main_token)):
+            torch.gather(torch.cat([buffer[layer, 0], main.expand(batch, -1)], dim=1), 1, chosen, out=buffer[layer, 1])
+
+    def _attend(self, layer: int, plan: _Plan, compress_now: bool, q, k, v) -> torch.Tensor:
+        """After the chunk's k/v are written: compress if this is the compressing forward, record the query
+        tail, attend over sink + history + chunk + top-C, each key at its position relative to the chunk."""
+        main_keys = plan.main_rotary.apply(self.keys[layer])
+        if compress_now:
+            self._compress(layer, plan, q, main_keys)
+        tail_tokens = (self.policy.recent_frames - self.chunk_frames) * self.tokens_per_frame
+        torch.sum(q[:, q.shape[1] - tail_tokens:].float(), 1, out=self.query_tail[layer, 1])
+        buffer = 1 if plan.compress else 0
+        top_keys = self._top_rotary(layer, buffer).apply(self.top_keys[layer, buffer])
+        keys = torch.cat([main_keys, top_keys], dim=1)
+        values = torch.cat([self.values[layer], self.top_values[layer, buffer]], dim=1)
+        return attention(q, keys, values, plan.mask, backend=self.backend)
 
     def attend_fn(self, layer: int, slots: ChunkSlots):
-        """Write the chunk's raw k/v; on the chunk's first forward compress if due; attend over sink + top-C +
-        history + chunk, each key at its position relative to the chunk."""
+        """Write the chunk's raw k/v; on the chunk's first forward compress if due; attend (see _attend)."""
         plan = self.plan(slots)
-        tail_frames = self.policy.recent_frames - slots.num_frames
+        self.start.fill_(slots.start_frame)
         first = [True]
 
         def attend(q, k, v):
             self._write(layer, slots, k, v)
-            main_keys = plan.main_rotary.apply(self.keys[layer])
-            if plan.compress and first[0]:
-                self._compress(layer, plan, q, main_keys)
+            out = self._attend(layer, plan, plan.compress and first[0], q, k, v)
             first[0] = False
-            tail_tokens = tail_frames * self.tokens_per_frame
-            self.query_tail[layer, 1 - self.tail_active] = q[:, q.shape[1] - tail_tokens:].float().sum(1)
-            buffer = plan.top_buffer
-            top_keys = self._top_rotary(layer, buffer, slots.start_frame).apply(self.top_keys[layer, buffer])
-            keys = torch.cat([main_keys, top_keys], dim=1)
-            values = torch.cat([self.values[layer], self.top_values[layer, buffer]], dim=1)
-            return attention(q, keys, values, plan.mask, backend=self.backend)
+            return out
 
         return attend
+
+    def replay_attend_fns(self, index: torch.Tensor) -> list:
+        """Steady chunks: write k/v at `index`, then _attend over static copies of the chunk's plan tensors."""
+        if self._replay is None:
+            main, top, device = self.keys.shape[2], self.top_tokens, self.keys.device
+            cos = torch.zeros(main, 1, self.head_dim // 2, device=device)
+            self._replay = dict(mask=torch.zeros(1, 1, 1, main + top, dtype=torch.bool, device=device),
+                                candidates=torch.zeros(top + main, dtype=torch.bool, device=device),
+                                main_place=torch.zeros(main, dtype=torch.long, device=device),
+                                main_rotary=TokenRotary.from_tables(cos, cos.clone()))
+
+        def make(layer):
+            def attend(q, k, v):
+                self.keys[layer].index_copy_(1, index, k)
+                self.values[layer].index_copy_(1, index, v)
+                compress_now, compress = self._variant
+                plan = _Plan(compress=compress, history_shift=None, **self._replay)
+                return self._attend(layer, plan, compress_now, q, k, v)
+
+            return attend
+
+        return [make(layer) for layer in range(self.keys.shape[0])]
+
+    def prepare_replay(self, slots: ChunkSlots) -> None:
+        """Copy the chunk's plan tensors and first frame into the static buffers replayed forwards read."""
+        plan = self._replay_plan = self.plan(slots)
+        self.start.fill_(slots.start_frame)
+        for name in ("mask", "candidates", "main_place"):
+            self._replay[name].copy_(getattr(plan, name))
+        self._replay["main_rotary"].cos.copy_(plan.main_rotary.cos)
+        self._replay["main_rotary"].sin.copy_(plan.main_rotary.sin)
+
+    def replay_variant(self, step: int):
+        """(compresses in this forward, attends to the new top-C): the chunk's first forward compresses if due."""
+        plan = self._replay_plan
+        self._variant = (plan.compress and step == 0, plan.compress)
+        return self._variant
 
     def recache_attend_fn(self, layer: int, slots: ChunkSlots, index: torch.Tensor):
         """Deep Forcing keeps no fixed frame set to re-cache (supports_recache is False)."""
         raise NotImplementedError("deep_forcing does not re-cache on a prompt switch")
 
     def commit(self, slots: ChunkSlots) -> None:
-        """Make a written chunk part of the history; a compressing chunk makes its top-C tokens the committed ones."""
+        """Make a written chunk part of the history: its query tail, and a compressing chunk's top-C, become the
+        committed ones (device copies)."""
         plan = self.plan(slots)
         super().commit(slots)
         if plan.compress:
-            self.top_active = 1 - self.top_active
+            for buffer in (self.top_keys, self.top_values, self.top_frame, self.top_token):
+                buffer[:, 0].copy_(buffer[:, 1])
             self.compressed_at = slots.start_frame
-        self.history_start = plan.history_start
-        self.tail_active = 1 - self.tail_active
+        self.query_tail[:, 0].copy_(self.query_tail[:, 1])
+        self.history_start = slots.start_frame + plan.history_shift
 
     def reset(self) -> None:
         """Forget the history (the buffers stay allocated)."""
         super().reset()
-        self.top_active = self.tail_active = 0
         self.compressed_at = None
         self.history_start = self.policy.sink_frames
-        self._plan = None
