@@ -160,10 +160,17 @@ def _generate(args) -> int:
     """Generate a video from a prompt (and an optional input video / control) chunk by chunk into an MP4."""
     from .generate import GenerateOptions, generate
 
+    schedule = list(args.prompt_at)
+    if args.prompt_schedule:
+        try:
+            with open(args.prompt_schedule, encoding="utf-8") as handle:
+                schedule.insert(0, handle.read())
+        except OSError as error:
+            return _fail("generate", f"--prompt-schedule {args.prompt_schedule}: {error.strerror or error}")
     options = GenerateOptions(
-        prompt=args.prompt, out=args.out, models_dir=args.models_dir, input=args.input, control=args.control,
-        method=args.method, layout=args.layout, mask=args.mask, mask_boxes=args.mask_boxes, outpaint=args.outpaint,
-        expand=args.expand, references=tuple(args.reference), first_frame=args.first_frame,
+        prompt=args.prompt, prompt_schedule="\n".join(schedule), out=args.out, models_dir=args.models_dir,
+        input=args.input, control=args.control, method=args.method, layout=args.layout, mask=args.mask,
+        mask_boxes=args.mask_boxes, outpaint=args.outpaint, expand=args.expand, references=tuple(args.reference), first_frame=args.first_frame,
         last_frame=args.last_frame, chunks=args.chunks, width=args.width, height=args.height, seed=args.seed,
         policy=args.policy, steps=args.steps, strength=args.strength, fps=args.fps, device=args.device,
         dtype=args.dtype, decoder=args.decoder, download=args.download, model=args.model, vace=args.vace,
@@ -193,7 +200,13 @@ def _add_generate(commands) -> None:
                             description="Generate a video with the streaming engine, chunk by chunk (9 frames, then "
                                         "12 per chunk) in constant memory. Model files are looked up in --models-dir "
                                         "(ComfyUI's folder names); missing ones are listed with where to get them.")
-    g.add_argument("--prompt", required=True, help="what the video shows")
+    g.add_argument("--prompt", required=True, help="what the video shows (before the first --prompt-at switch)")
+    g.add_argument("--prompt-at", action="append", default=[], metavar="CHUNK:PROMPT",
+                   help="switch to PROMPT from chunk CHUNK on (0 = the first chunk; 9 frames, then 12 per chunk), "
+                        "re-caching the recent frames under it as LongLive does; repeatable, e.g. "
+                        "--prompt-at '4: a dog running'")
+    g.add_argument("--prompt-schedule", default="", metavar="FILE",
+                   help="a text file of 'chunk: prompt' lines, as the Prompt Schedule node takes (with --prompt-at)")
     g.add_argument("--out", required=True, help="the video to write (.mp4)")
     g.add_argument("--models-dir", default=default_models_dir(),
                    help="ComfyUI-style models folder (default: $STREAMVACE_MODELS_DIR or ./models)")

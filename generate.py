@@ -33,6 +33,7 @@ class GenerateOptions:
 
     prompt: str
     out: str
+    prompt_schedule: str = ""  # 'chunk: prompt' lines as the Prompt Schedule node takes; --prompt holds before them
     models_dir: str = field(default_factory=catalog.default_models_dir)
     input: str = ""  # a video file, or "sample" (the synthetic moving square)
     control: str = "none"
@@ -80,6 +81,13 @@ def check_options(o: GenerateOptions) -> None:
     """Reject bad combinations before anything is loaded (the message says what to change)."""
     if not o.prompt.strip():
         raise ValueError("--prompt is empty: say what the video shows")
+    if o.prompt_schedule:
+        from .models.wan.prompt_schedule import parse_prompt_schedule
+
+        last = parse_prompt_schedule(o.prompt_schedule)[-1][0]
+        if o.chunks and last >= o.chunks:
+            raise ValueError(f"the prompt schedule switches at chunk {last}, but the video has only {o.chunks} chunks "
+                             f"(0 to {o.chunks - 1}): raise --chunks or move the switch earlier")
     if o.control not in CONTROLS:
         raise ValueError(f"--control must be one of {', '.join(CONTROLS)}, got {o.control!r}")
     if o.height % 16 or o.width % 16 or o.height < 16 or o.width < 16:
@@ -387,15 +395,21 @@ def _open_input(o: GenerateOptions, total_frames: int):
 
 
 def _load_models(o: GenerateOptions, paths: ModelPaths, device, dtype, progress) -> tuple:
-    """(prompt embeddings, DiT, decoding VAE, encoding VAE); the text encoder is freed before the DiT loads."""
+    """(prompt embeddings, prompt schedule or None, DiT, decoding VAE, encoding VAE); the text encoder is freed
+    before the DiT loads."""
     from .models.vae.tiny_vae import load_tiny_vae
     from .models.vae.wan_vae import load_wan_vae
     from .models.wan.checkpoint import load_wan_model
+    from .models.wan.prompt_schedule import PromptSchedule, parse_prompt_schedule
     from .models.wan.text_encoder import load_text_encoder
 
     progress.stage("text encoder")
     encoder = load_text_encoder(paths.text_encoder, paths.tokenizer, dtype=dtype, device=device)
     prompt = encoder.encode(o.prompt)
+    schedule = None
+    if o.prompt_schedule:  # every prompt encoded now: the text encoder is gone before generation starts
+        schedule = PromptSchedule(tuple((chunk, encoder.encode(text))
+                                        for chunk, text in parse_prompt_schedule(o.prompt_schedule)))
     del encoder  # umT5-XXL is 11 GB: gone before the DiT comes
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -408,7 +422,7 @@ def _load_models(o: GenerateOptions, paths: ModelPaths, device, dtype, progress)
     wan_vae = load_wan_vae(paths.vae, dtype=dtype, device=device) if paths.vae else None
     tiny = load_tiny_vae(paths.tiny_vae, dtype=dtype, device=device) if paths.tiny_vae else None
     decoder = {"wan": wan_vae, "tiny": tiny}.get(o.decoder) or tiny or wan_vae
-    return prompt, model, decoder, wan_vae or tiny
+    return prompt, schedule, model, decoder, wan_vae or tiny
 
 
 def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
@@ -431,11 +445,12 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
     try:
         feed = _open_input(o, total)
         fps = feed.fps if feed is not None else o.fps
-        prompt, model, decoder, encoder_vae = _load_models(o, paths, device, dtype, progress)
+        prompt, schedule, model, decoder, encoder_vae = _load_models(o, paths, device, dtype, progress)
         config = StreamConfig(height=o.height, width=o.width, policy=cache_policy_from_text(o.policy), steps=tuple(o.steps),
                               seed=o.seed)
         session = StreamSession(model, config, encoder_vae if o.uses_vace else None)
-        session.set_prompt(prompt)
+        # a schedule entry at chunk 0 starts the video (no needless switch from --prompt and back)
+        session.set_prompt(prompt if schedule is None or schedule.at(0) is None else schedule.at(0))
         controls, decode = ChunkControls(o, paths, device, total), DecodeStream()
         frames_out, chunk, final = 0, 0, False
         with VideoWriter(o.out, fps=fps) as writer:
@@ -444,7 +459,8 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
                 source = feed.take(count) if feed is not None else None
                 final = chunk + 1 == o.chunks if o.chunks else feed.exhausted()
                 progress.stage(f"chunk {chunk + 1}")
-                latents = session.generate(1, controls.for_chunk(chunk, count, source, final))
+                # the schedule switches prompts at its chunk indices, re-caching the KV window under the new one
+                latents = session.generate(1, controls.for_chunk(chunk, count, source, final), prompts=schedule)
                 video = decode.decode(decoder, latents)[0]
                 writer.write(video)
                 frames_out, chunk = frames_out + video.shape[1], chunk + 1

@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from ..models.checkpoint_io import CheckpointError, key_summary, read_checkpoint, state_mismatch
+from ..models.checkpoint_io import (SAFETENSORS_SUFFIXES, CheckpointError, key_summary, read_checkpoint,
+                                    safetensors_keys, state_mismatch)
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
@@ -34,6 +35,46 @@ def read_hf_config(path: str, model_types: tuple, what: str, example: str) -> di
         raise CheckpointError(f"{path}: no weight file (expected one of {', '.join(HF_WEIGHT_FILES)}); "
                               f"download the weights of {example} into it.")
     return config
+
+
+# what each annotator's loader accepts: transformers folders by config.json model_type, original weight files by a
+# key their loader requires (depth_checkpoint, sam2_checkpoint, line_model, flow.RaftFlow)
+HF_MODEL_KINDS = {"depth_anything": "depth", "vitpose": "pose", "rt_detr": "detector", "rt_detr_v2": "detector",
+                  "sam2_video": "sam2"}
+FILE_MARKERS = (("depth", ("pretrained.cls_token",)), ("sam2", ("image_encoder.trunk.patch_embed.proj.weight",)),
+                ("line", ("model0.1.weight", "model4.1.weight")), ("raft", ("feature_encoder.", "update_block.")))
+ANNOTATOR_KINDS = ("depth", "pose", "detector", "sam2", "line", "raft")
+
+
+def annotator_model_kind(path: str) -> tuple:
+    """What an annotator model file or folder holds, cheaply: (kind, reason), kind one of ANNOTATOR_KINDS, "other"
+    (named in the reason) or "unknown" (a pickle, or unreadable: only loading it tells).
+
+    A folder is read by its config.json model_type, a .safetensors file by its header's tensor names.
+    """
+    name = os.path.basename(path.rstrip(os.sep))
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            return "other", f"{name}: a folder without config.json (not a transformers model)"
+        try:
+            with open(config_path) as handle:
+                model_type = json.load(handle).get("model_type")
+        except (OSError, ValueError, AttributeError) as error:
+            return "unknown", f"{config_path}: unreadable ({error})"
+        if model_type in HF_MODEL_KINDS:
+            return HF_MODEL_KINDS[model_type], f"a transformers '{model_type}' model"
+        return "other", f"a transformers '{model_type}' model"
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return "unknown", f"{name}: a PyTorch pickle, whose contents are only known once it is loaded"
+    try:
+        keys = [key.removeprefix("module.") for key in safetensors_keys(path)]
+    except CheckpointError as error:
+        return "unknown", str(error)
+    for kind, markers in FILE_MARKERS:
+        if all(any(key == m or (m.endswith(".") and key.startswith(m)) for key in keys) for m in markers):
+            return kind, f"a {kind} annotator model"
+    return "other", f"{name}: none of the annotators' weights (keys like {sorted(keys)[:3]})"
 
 
 def load_hf_model(model_class, path: str, model_types: tuple, what: str, example: str,

@@ -4,8 +4,10 @@ import os
 
 import torch
 
+from ..annotators.weights import annotator_model_kind
 from . import host
 from .model_cache import cached, file_key, use
+from .model_lists import files_of_kind
 from .streams import registry
 from .types import STREAM_INPUTS  # noqa: F401 (re-exported for the annotator node modules)
 
@@ -19,6 +21,11 @@ RAFT_FOLDER = "raft"
 for _folder in (DEPTH_FOLDER, POSE_FOLDER, DETECTION_FOLDER, SAM2_FOLDER, SCRIBBLE_FOLDER, RAFT_FOLDER):
     host.register_model_folder(_folder)
 
+# said by every annotator model input's tooltip
+FILTER_NOTE = (" Files and folders that look like other models are not listed; .pth/.pt files are listed everywhere "
+               "(their contents are only known once loaded).")
+
+
 class StreamingNode:
     """Base of the nodes that continue a stream (state in the stream registry): they run on every queue."""
 
@@ -28,13 +35,14 @@ class StreamingNode:
         return float("nan")
 
 
-def model_choices(folder: str, folders: bool = True, files: bool = False) -> list:
-    """Names for a model combo: Hugging Face sub-folders and/or weight files of models/<folder> (empty when none,
-    as ComfyUI's own loaders; the input's tooltip names the folder and the files to put there)."""
+def model_choices(folder: str, kinds: tuple, folders: bool = True, files: bool = False) -> list:
+    """Names for a model combo: Hugging Face sub-folders and/or weight files of models/<folder> that look like one
+    of `kinds` (annotators.weights.annotator_model_kind; pickles are listed, only loading tells), empty when none,
+    as ComfyUI's own loaders (the input's tooltip names the folder and the files to put there)."""
     directories = host.model_dirs(folder) if folders else []
     names = directories + [name for name in (host.model_files(folder) if files else [])  # not a folder's own files
                            if not any(name.startswith(directory + os.sep) for directory in directories)]
-    return sorted(set(names))
+    return sorted(set(files_of_kind(folder, kinds, annotator_model_kind, names)))
 
 
 def model_path(folder: str, name: str, expected: str) -> str:

@@ -8,7 +8,7 @@ from ..annotators.pose import RENDERERS, PoseAnnotator, load_person_detector, lo
 from ..annotators.pose_render import COLOR_ORDERS
 from ..annotators.scribble import METHODS as SCRIBBLE_METHODS
 from ..annotators.scribble import ScribbleAnnotator
-from .annotator_common import (DEPTH_FOLDER, DETECTION_FOLDER, POSE_FOLDER, RAFT_FOLDER, SCRIBBLE_FOLDER,
+from .annotator_common import (DEPTH_FOLDER, DETECTION_FOLDER, FILTER_NOTE, POSE_FOLDER, RAFT_FOLDER, SCRIBBLE_FOLDER,
                                STREAM_INPUTS, StreamingNode, cached_model, model_choices, model_path, on_device,
                                run_stream)
 from .convert import image_to_video, video_to_image
@@ -32,9 +32,9 @@ class StreamVACEDepth(StreamingNode):
         """The node's inputs (model lists are read from the model folders each time)."""
         return {"required": {
             "image": IMAGE_INPUT,
-            "model": (model_choices(DEPTH_FOLDER, files=True), {"tooltip": "models/depthanything: a folder like "
-                      "Depth-Anything-V2-Small-hf, or depth_anything_v2_vits.pth (Small is Apache-2.0; Base/Large "
-                      "are CC BY-NC 4.0)."}),
+            "model": (model_choices(DEPTH_FOLDER, ("depth",), files=True), {"tooltip": "models/depthanything: a "
+                      "folder like Depth-Anything-V2-Small-hf, or depth_anything_v2_vits.pth (Small is Apache-2.0; "
+                      "Base/Large are CC BY-NC 4.0)." + FILTER_NOTE}),
             "normalize": (list(NORMALIZE), {"default": "running", "tooltip": "running: one range per chunk, "
                           "smoothed over chunks; frame: per-frame min-max (VACE)."}),
             "resolution": ("INT", {"default": 518, "min": 140, "max": 2044, "step": 14,
@@ -66,10 +66,10 @@ class StreamVACEPose:
         """The node's inputs (model lists are read from the model folders each time)."""
         return {"required": {
             "image": IMAGE_INPUT,
-            "pose_model": (model_choices(POSE_FOLDER), {"tooltip": "models/vitpose: a transformers ViTPose folder, "
-                           "e.g. usyd-community/vitpose-base-simple."}),
-            "detector": (model_choices(DETECTION_FOLDER), {"tooltip": "models/detection: a transformers RT-DETR "
-                         "folder, e.g. PekingU/rtdetr_r50vd_coco_o365."}),
+            "pose_model": (model_choices(POSE_FOLDER, ("pose",)), {"tooltip": "models/vitpose: a transformers ViTPose "
+                           "folder, e.g. usyd-community/vitpose-base-simple." + FILTER_NOTE}),
+            "detector": (model_choices(DETECTION_FOLDER, ("detector",)), {"tooltip": "models/detection: a "
+                         "transformers RT-DETR folder, e.g. PekingU/rtdetr_r50vd_coco_o365." + FILTER_NOTE}),
             "max_people": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": "People per frame at most."}),
             "detection_threshold": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01,
                                               "tooltip": "Person detection score needed to draw a person."}),
@@ -117,8 +117,9 @@ class StreamVACEScribble:
             "canny_high": ("INT", {"default": 200, "min": 0, "max": 255, "tooltip": "Canny high threshold."}),
             "invert": ("BOOLEAN", {"default": False, "tooltip": "White lines on black instead."}),
         }, "optional": {
-            "line_model": (model_choices(SCRIBBLE_FOLDER, folders=False, files=True),
-                           {"tooltip": "models/scribble: netG_A_latest.pth (VACE-Annotators) or sk_model.pth."}),
+            "line_model": (model_choices(SCRIBBLE_FOLDER, ("line",), folders=False, files=True),
+                           {"tooltip": "models/scribble: netG_A_latest.pth (VACE-Annotators) or sk_model.pth."
+                                       + FILTER_NOTE}),
         }}
 
     def annotate(self, image, method, xdog_threshold, canny_low, canny_high, invert, line_model=None):
@@ -177,8 +178,9 @@ class StreamVACEFlow(StreamingNode):
                          "frame scaled by its largest motion (VACE); > 0: fixed scale in pixels (no flicker)."}),
             **STREAM_INPUTS,
         }, "optional": {
-            "raft_model": (model_choices(RAFT_FOLDER, folders=False, files=True),
-                           {"tooltip": "models/raft: raft_large_C_T_SKHT_V2-ff5fadd5.pth (torchvision)."}),
+            "raft_model": (model_choices(RAFT_FOLDER, ("raft",), folders=False, files=True),
+                           {"tooltip": "models/raft: raft_large_C_T_SKHT_V2-ff5fadd5.pth (torchvision)."
+                                       + FILTER_NOTE}),
         }}
 
     def annotate(self, image, method, max_flow, stream_id, reset, raft_model=None):

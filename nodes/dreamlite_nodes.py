@@ -5,12 +5,13 @@ import os
 
 import torch
 
-from ..models.dreamlite.loader import LICENCE_NOTE, load_dreamlite
+from ..models.dreamlite.loader import LICENCE_NOTE, dreamlite_folder_kind, load_dreamlite
 from ..models.dreamlite.pipeline import StylizeModel, StylizeOptions, check_frames, resize_frames
 from ..models.dreamlite.flicker_metrics import flicker_report
-from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite
+from ..models.dreamlite.temporal_lllite import HOOK_SUBSETS, TemporalLLLite, adapter_file_kind
 from . import host, streams
 from .model_cache import cached, file_key, use
+from .model_lists import UNINSPECTED_NOTE, files_of_kind
 
 MODEL_FOLDER = "diffusers"  # ComfyUI's folder for diffusers-format pipelines
 ADAPTER_FOLDER = "controlnet"  # LLLite adapters live with the ControlNets
@@ -21,8 +22,10 @@ CATEGORY = "StreamVACE/DreamLite"
 
 
 def _pipeline_folders() -> list:
-    return [name for name in host.model_dirs(MODEL_FOLDER)
-            if os.path.isfile(os.path.join(host.model_path(MODEL_FOLDER, name), "model_index.json"))]
+    """DreamLite-mobile pipeline folders of models/diffusers (other diffusers pipelines are not listed)."""
+    folders = [name for name in host.model_dirs(MODEL_FOLDER)
+               if os.path.isfile(os.path.join(host.model_path(MODEL_FOLDER, name), "model_index.json"))]
+    return files_of_kind(MODEL_FOLDER, ("dreamlite_mobile",), dreamlite_folder_kind, folders)
 
 
 class StreamVACEDreamLiteLoader:
@@ -44,10 +47,11 @@ class StreamVACEDreamLiteLoader:
         """The model folder, the adapter file, the hook subset, the precision and torch.compile."""
         return {"required": {
             "model": (_pipeline_folders(), {"tooltip": "DreamLite-mobile diffusers folder (with model_index.json) "
-                                                       "inside models/diffusers."}),
-            "lllite": (["none"] + host.model_files(ADAPTER_FOLDER), {
+                                                       "inside models/diffusers; other pipelines are not listed."}),
+            "lllite": (["none"] + files_of_kind(ADAPTER_FOLDER, ("lllite",), adapter_file_kind), {
                 "tooltip": "Temporal-LLLite adapter for flicker-free video (models/controlnet); 'none' stylizes "
-                           "each frame on its own."}),
+                           "each frame on its own. ControlNets and other adapters are not listed. "
+                           + UNINSPECTED_NOTE}),
             "hook_blocks": (list(HOOK_SUBSETS), {
                 "default": "down_blocks",
                 "tooltip": "Which U-Net blocks get adapter hooks: down_blocks (38 hooks) is the paper's default, "
@@ -107,7 +111,9 @@ class StreamVACEDreamLiteStylize:
         "Video-rate stylization (DreamLite edit mode, 1-4 steps). Frames are processed in batches; the "
         "Temporal-LLLite adapter conditions each frame on the previous output warped by optical flow. The "
         "previous output, cached text embedding and flow inputs carry over between queue runs with the same "
-        "stream_id, so queuing the next frames continues one stylized stream. " + LICENCE_NOTE)
+        "stream_id, so queuing the next frames continues one stylized stream. Changing size, batch size or the "
+        "model restarts it (as does reset); a new seed only changes the noise from the next frame on. "
+        + LICENCE_NOTE)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -142,7 +148,9 @@ class StreamVACEDreamLiteStylize:
                                           "tooltip": "Adapter multiplier; 0 is the bare model."}),
             "fixed_noise": ("BOOLEAN", {"default": False, "tooltip": "Start every frame from the same noise."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                             "tooltip": "Noise seed; a new seed starts the stream afresh."}),
+                             "tooltip": "Noise seed of the next frames. A new seed continues the stream with "
+                                        "fresh noise (it never restarts it), so 'randomize after generate' is "
+                                        "fine; reset restarts."}),
         }}
 
     @classmethod
@@ -162,12 +170,13 @@ class StreamVACEDreamLiteStylize:
         registry = streams.registry("dreamlite")  # only now, every check passed, may the stream change
         if reset:
             registry.reset(stream_id)
-        # the model object itself (not its id) in the signature: a reloaded model always starts a new stream
-        stream = registry.get_or_create(stream_id, (dreamlite, width, height, batch_size, seed),
+        # the model object itself (not its id) in the signature: a reloaded model always starts a new stream.
+        # The seed is not in it: the frontend randomises it after every run, and that must not restart the video
+        stream = registry.get_or_create(stream_id, (dreamlite, width, height, batch_size),
                                         lambda: stylizer.new_stream(seed))
         frames = resize_frames(images[..., :3], width, height)
         progress = host.Progress(len(frames))
-        return (stylizer.stylize(frames, stream, options, on_batch=progress.update),)
+        return (stylizer.stylize(frames, stream, options, on_batch=progress.update, seed=seed),)
 
 
 class StreamVACEFlickerMetric:

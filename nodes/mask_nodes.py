@@ -5,8 +5,8 @@ from ..annotators.mask_outline import draw_mask_contours
 from ..annotators.masks import BoxMaskAnnotator, adjust_masks
 from ..annotators.sam2_video import Sam2VideoAnnotator, load_sam2_video_model, prompts_from_json
 from . import host
-from .annotator_common import (SAM2_FOLDER, STREAM_INPUTS, StreamingNode, cached_model, model_choices, model_path,
-                               on_device, run_stream)
+from .annotator_common import (FILTER_NOTE, SAM2_FOLDER, STREAM_INPUTS, StreamingNode, cached_model, model_choices,
+                               model_path, on_device, run_stream)
 from .convert import image_to_video, mask_to_video, video_to_image, video_to_mask
 
 CATEGORY = "StreamVACE/annotators"
@@ -88,9 +88,9 @@ class StreamVACESAM2(StreamingNode):
         """The node's inputs (model lists are read from the model folders each time)."""
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Video frames of this chunk."}),
-            "model": (model_choices(SAM2_FOLDER, files=True), {"tooltip": "models/sam2: sam2.1_hiera_tiny.pt / "
-                      ".safetensors (any size, SAM2 or SAM2.1) or a transformers folder such as "
-                      "facebook/sam2.1-hiera-tiny."}),
+            "model": (model_choices(SAM2_FOLDER, ("sam2",), files=True), {"tooltip": "models/sam2: "
+                      "sam2.1_hiera_tiny.pt / .safetensors (any size, SAM2 or SAM2.1) or a transformers folder such as "
+                      "facebook/sam2.1-hiera-tiny." + FILTER_NOTE}),
             "positive_points": ("STRING", {"multiline": True, "default": "", "tooltip": 'Points on the object in '
                                 "first-frame pixels: [{\"x\": .., \"y\": ..}, ...] or [[x, y], ...]."}),
             "negative_points": ("STRING", {"multiline": True, "default": "", "tooltip": "Points not on the object."}),

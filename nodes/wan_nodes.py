@@ -15,7 +15,7 @@ from ..models.vae.latent_preview import chunk_preview
 from ..models.wan.sampler import parse_steps
 from ..models.wan.stream import StreamConfig
 from ..models.wan.stream_session import TIMINGS, Control, StreamSession, check_run
-from ..models.wan.vace_context import pixel_frame_start
+from ..models.wan.vace_context import pixel_frame_start, prefill_chunks
 from ..models.wan.checkpoint import load_wan_model
 from ..models.wan.fast_path import compile_blocks, uncompile_blocks
 from ..models.wan.fp8 import quantize_blocks_fp8
@@ -300,7 +300,8 @@ class StreamVACEChunkFrames:
     DESCRIPTION = ("Cuts from a long video the frames for the next 'chunks' chunks of the sampler's stream (9 frames "
                    "for a first chunk, 12 for each later one), following the sampler's position, so an annotator only "
                    "processes what this run needs. Connect the result to a VACE Control with timing 'call'. Holds the "
-                   "last frame when the video runs out.")
+                   "last frame when the video runs out. Frame i of the video is frame i of the stream: when the "
+                   "sampler continues a clip (prefill), wire the same clip here, so the first cut starts after it.")
     CATEGORY = "StreamVACE/control"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
@@ -316,6 +317,10 @@ class StreamVACEChunkFrames:
             "chunks": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "The Stream Sampler's chunks."}),
             "reset": ("BOOLEAN", {"default": False, "tooltip": "Wire the sampler's reset here too (a sampler "
                                   "that restarts because its size, policy or steps changed also needs it)."}),
+        }, "optional": {
+            "prefill": ("IMAGE", {"tooltip": "The clip the sampler's prefill continues (wire the same one): a "
+                        "stream that starts with this run begins after the clip's prefilled chunks, so the first "
+                        "cut lines up with the first generated chunk."}),
         }}
 
     @classmethod
@@ -323,10 +328,12 @@ class StreamVACEChunkFrames:
         """Always run: the stream moves on every queue run."""
         return float("nan")
 
-    def cut(self, video, stream_id, chunks, reset):
+    def cut(self, video, stream_id, chunks, reset, prefill=None):
         """Frames [start, end) of the video for the sampler's next chunks."""
         session = None if reset else registry("wan").get(stream_id)
-        done = 0 if session is None else session.chunks_done
+        done = 0 if session is None else session.chunks_done  # prefilled chunks included
+        if done == 0 and prefill is not None:  # as the sampler: an empty stream is prefilled before it generates
+            done = prefill_chunks(prefill.shape[0])
         start, end = pixel_frame_start(done), pixel_frame_start(done + chunks)
         index = torch.arange(start, end).clamp(max=video.shape[0] - 1)
         return (video[index],)

@@ -57,6 +57,55 @@ def test_model_combos_list_the_model_folders():
     assert NODES["StreamVACEScribble"].INPUT_TYPES()["optional"]["line_model"][0] == ["netG_A_tiny.pth"]
 
 
+def _layout_file(path, names):
+    """A .safetensors file with these tensor names (tiny tensors: the combos read only the header)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({name: torch.zeros(1) for name in names}, str(path))
+
+
+def _config_folder(path, model_type):
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as handle:
+        json.dump({"model_type": model_type}, handle)
+
+
+def test_model_combos_offer_only_what_looks_like_each_annotators_model(tmp_path, monkeypatch):
+    with open(os.path.join(DATA, "depth_anything_v2_vits_keys.json")) as handle:
+        depth_keys = list(json.load(handle)["shapes"])
+    with open(os.path.join(DATA, "sam2_original_keys.json")) as handle:
+        sam2_keys = list(json.load(handle)["models"]["sam2.1_hiera_t"])
+    with open(os.path.join(DATA, "vace_scribble_net_keys.json")) as handle:
+        line_keys = list(json.load(handle)["shapes"])
+    raft_keys = ["feature_encoder.convnormrelu.0.weight", "context_encoder.convnormrelu.0.weight",
+                 "update_block.motion_encoder.convcorr1.0.weight", "update_block.flow_head.conv1.weight"]
+    for folder in ("depthanything", "sam2", "scribble", "raft"):
+        _layout_file(tmp_path / folder / "depth_anything_v2_vits.safetensors", depth_keys)
+        _layout_file(tmp_path / folder / "sam2.1_hiera_tiny.safetensors", sam2_keys)
+        _layout_file(tmp_path / folder / "netG_A_latest.safetensors", ["module." + k for k in line_keys])
+        _layout_file(tmp_path / folder / "raft_small.safetensors", raft_keys)
+        _layout_file(tmp_path / folder / "controlnet.safetensors", ["input_blocks.0.0.weight"])
+        torch.save({}, tmp_path / folder / "pickled.pth")  # a pickle: only loading tells, so it is offered
+    for folder in ("depthanything", "vitpose", "detection", "sam2"):
+        _config_folder(tmp_path / folder / "hf-depth", "depth_anything")
+        _config_folder(tmp_path / folder / "hf-vitpose", "vitpose")
+        _config_folder(tmp_path / folder / "hf-rtdetr", "rt_detr_v2")
+        _config_folder(tmp_path / folder / "hf-sam2", "sam2_video")
+        _config_folder(tmp_path / folder / "hf-bert", "bert")
+    monkeypatch.setenv("STREAMVACE_MODELS_DIR", str(tmp_path))
+    required = lambda name: NODES[name].INPUT_TYPES()["required"]  # noqa: E731
+    assert required("StreamVACEDepth")["model"][0] == ["depth_anything_v2_vits.safetensors", "hf-depth", "pickled.pth"]
+    assert required("StreamVACEPose")["pose_model"][0] == ["hf-vitpose"]
+    assert required("StreamVACEPose")["detector"][0] == ["hf-rtdetr"]
+    assert required("StreamVACESAM2")["model"][0] == ["hf-sam2", "pickled.pth", "sam2.1_hiera_tiny.safetensors"]
+    assert NODES["StreamVACEScribble"].INPUT_TYPES()["optional"]["line_model"][0] == ["netG_A_latest.safetensors",
+                                                                                      "pickled.pth"]
+    assert NODES["StreamVACEFlow"].INPUT_TYPES()["optional"]["raft_model"][0] == ["pickled.pth",
+                                                                                    "raft_small.safetensors"]
+    assert "not listed" in required("StreamVACEDepth")["model"][1]["tooltip"]
+
+
 def test_streaming_nodes_rerun_every_queue():
     for name in ("StreamVACEDepth", "StreamVACEFlow", "StreamVACELayout", "StreamVACESAM2", "StreamVACEBoxMask"):
         value = NODES[name].IS_CHANGED()

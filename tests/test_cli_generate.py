@@ -73,8 +73,8 @@ def image_path(tmp_path_factory):
 
 def _run(models_dir, tmp_path, **kwargs):
     chunks = []
-    options = GenerateOptions(prompt=PROMPT, out=str(tmp_path / "out.mp4"), models_dir=models_dir, width=W,
-                              height=H, device="cpu", **kwargs)
+    options = GenerateOptions(**{"prompt": PROMPT, "out": str(tmp_path / "out.mp4"), "models_dir": models_dir,
+                                 "width": W, "height": H, "device": "cpu", **kwargs})
     stats = generate(options, on_chunk=lambda video, info: chunks.append(video.clone()))
     return stats, torch.cat(chunks, dim=1)
 
@@ -121,6 +121,46 @@ def test_control_steers_and_equals_the_engine_with_the_whole_control_video(model
                          dim=1)
     torch.testing.assert_close(frames, expected, rtol=1e-4, atol=1e-4)
     assert (frames - text_to_video[1]).abs().mean() > 0.01
+
+
+def test_prompt_schedule_switches_with_the_kv_recache_at_its_chunk(models_dir, tmp_path, text_to_video, capsys):
+    """--prompt-at switches at its chunk index as the engine's set_prompt does (re-cache included); the chunks
+    before it are those of --prompt alone."""
+    bird = "a blue bird flies over the sea"
+    stats, frames = _run(models_dir, tmp_path, chunks=3, decoder="wan", prompt_schedule=f"2: {bird}")
+    assert stats["chunks"] == 3 and frames.shape[1] == 33
+    torch.testing.assert_close(frames[:, :21], text_to_video[1], rtol=0, atol=0)  # --prompt holds before chunk 2
+    join = lambda name: os.path.join(models_dir, *name.split("/"))  # noqa: E731
+    model = load_wan_model(join("diffusion_models/longlive_base.pt"),
+                           loras=[(join("loras/longlive_lora.pt"), 1.0)], dtype=torch.float32)
+    vae = load_wan_vae(join("vae/wan_2.1_vae.safetensors"))
+    encoder = load_text_encoder(join("text_encoders/models_t5_umt5-xxl-enc-bf16.pth"), dtype=torch.float32)
+    session = StreamSession(model, StreamConfig(height=H, width=W, policy=cache_policy("longlive")))
+    session.set_prompt(encoder.encode(PROMPT))
+    decode = DecodeStream()
+    expected = [decode.decode(vae, session.generate(1))[0] for _ in range(2)]
+    session.set_prompt(encoder.encode(bird))  # mid-stream: re-caches the window under the new prompt
+    expected.append(decode.decode(vae, session.generate(1))[0])
+    torch.testing.assert_close(frames, torch.cat(expected, dim=1), rtol=1e-4, atol=1e-4)
+    _, at_zero = _run(models_dir, tmp_path, chunks=1, decoder="wan", prompt_schedule=f"0: {bird}")
+    _, bird_only = _run(models_dir, tmp_path, chunks=1, decoder="wan", prompt=bird)
+    torch.testing.assert_close(at_zero, bird_only, rtol=0, atol=0)  # an entry at chunk 0 starts the video
+
+    out = str(tmp_path / "cli.mp4")
+    schedule = tmp_path / "schedule.txt"
+    schedule.write_text(f"# the node's format\n0: {bird}\n")
+    base = ["generate", "--prompt", PROMPT, "--out", out, "--models-dir", models_dir, "--chunks", "2", "--width",
+            str(W), "--height", str(H), "--device", "cpu", "--decoder", "wan"]
+    assert main(base + ["--prompt-schedule", str(schedule), "--prompt-at", "1: a red car"]) == 0
+    assert _written_frames(out) == 21
+    for bad, message in ((["--prompt-at", "a dog"], "is not 'chunk: prompt'"),
+                         (["--prompt-at", "2: a dog"], "only 2 chunks"),
+                         (["--prompt-at", "1: a dog", "--prompt-at", "1: a cat"], "chunk 1 is given twice"),
+                         (["--prompt-schedule", str(tmp_path / "missing.txt")], "missing.txt")):
+        capsys.readouterr()
+        assert main(base + bad) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_text_to_video_references_and_first_last_frames(models_dir, image_path, tmp_path, text_to_video):

@@ -117,3 +117,27 @@ def test_compiled_regions_do_not_recompile_with_relative_rope():
     finally:
         uncompile_blocks(model)
     torch.testing.assert_close(torch.cat(compiled, 2), torch.cat(eager, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deep_forcing", "infinity"])
+def test_interrupted_replayed_chunks_leave_the_stream_as_it_was(name):
+    """A replayed chunk that fails on its first forward (where deep_forcing compresses, chunk 5) or after its
+    cache pass changes nothing: committed top-C and query tails live apart from the chunk's scratch copies."""
+    policy = cache_policy(name, N, **(DEEP["small"] if name == "deep_forcing" else INFINITY["sink1-attend6"]))
+    model = tiny_model()
+    expected, _ = _run(model, policy, 8, static=True)
+    stream = _stream(model, policy, static=True)
+    g = torch.Generator().manual_seed(0)
+    stream.set_prompt(torch.randn(1, 7, TEXT_DIM, generator=g).to(DEVICE))
+    got = []
+    for c in range(8):
+        for fail_at in (0, 3) if c in (5, 6) else ():
+            def stop(i, n, fail_at=fail_at):
+                if i == fail_at:
+                    raise KeyboardInterrupt
+            with pytest.raises(KeyboardInterrupt):
+                stream.next_chunk(on_step=stop)
+        got.append(stream.next_chunk())
+    assert stream._graphs._graphs
+    for c, (a, b) in enumerate(zip(got, expected)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, c=c: f"chunk {c}: {m}")

@@ -90,3 +90,36 @@ def test_outpaint_and_extend_nodes_convert_comfyui_types():
         NODES["StreamVACEOutpaint"]().outpaint(image, True, False, False, False, 0.3, 0, 64, 0)
     video, mask, chunks = NODES["StreamVACEExtendVideo"]().extend("first_clip", torch.rand(9, 16, 16, 3), 12)
     assert video.shape == (21, 16, 16, 3) and chunks == 2 and mask[:9].max() == 0 and mask[9:].min() == 1
+
+
+def _known_box(mask):
+    """(first row, last row, first column, last column) of the mask's keep (0) region."""
+    rows, cols = torch.nonzero(mask[0] == 0, as_tuple=True)
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def test_outpaint_node_grows_only_the_chosen_sides_by_ratio_or_pixels():
+    image = torch.rand(1, 20, 36, 3)
+    outpaint = NODES["StreamVACEOutpaint"]().outpaint
+    # left only, 0.25 of the width: 9 px, rounded up to 48 wide on the left; the height rounds up to 32 evenly
+    canvas, mask = outpaint(image, False, False, True, False, 0.25, 0, 0, 0)
+    assert canvas.shape == (1, 32, 48, 3) and _known_box(mask) == (6, 25, 12, 47)
+    assert torch.allclose(canvas[:, 6:26, 12:48], image, atol=1e-6)
+    # right only: the source stays on the left edge
+    assert _known_box(outpaint(image, False, False, False, True, 0.25, 0, 0, 0)[1]) == (6, 25, 0, 35)
+    # top only by 16 pixels (the ratio is ignored): 36 -> 48 high on top, the width rounds up to 48 evenly
+    canvas, mask = outpaint(image, True, False, False, False, 0.25, 16, 0, 0)
+    assert canvas.shape == (1, 48, 48, 3) and _known_box(mask) == (28, 47, 6, 41)
+    assert _known_box(outpaint(image, False, True, False, False, 0.25, 16, 0, 0)[1]) == (0, 19, 6, 41)
+
+
+def test_extend_node_places_the_clips_for_every_mode():
+    extend = NODES["StreamVACEExtendVideo"]().extend
+    clip, end = torch.rand(4, 16, 16, 3), torch.rand(5, 16, 16, 3)
+    video, mask, chunks = extend("last_clip", clip, 5)  # 5 new frames, then the clip: 9 frames
+    assert chunks == 1 and video.shape[0] == 9 and mask[:5].min() == 1 and mask[5:].max() == 0
+    assert torch.allclose(video[5:], clip, atol=1e-6) and torch.allclose(video[:5], torch.full_like(video[:5], 0.5))
+    video, mask, chunks = extend("first_last_clip", clip, 12, end_clip=end)  # 4 + 12 + 5 = 21 frames
+    assert chunks == 2 and video.shape[0] == 21
+    assert [f for f in range(21) if mask[f].max() == 0] == [0, 1, 2, 3, 16, 17, 18, 19, 20]
+    assert torch.allclose(video[:4], clip, atol=1e-6) and torch.allclose(video[16:], end, atol=1e-6)

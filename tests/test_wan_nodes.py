@@ -1,6 +1,7 @@
 """The generator's nodes as ComfyUI calls them, outside ComfyUI (nodes/host.py's plain models folder):
 N queued runs of the same graph give N consecutive chunks of one video."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,28 @@ def test_chunk_frames_follow_the_sampler_and_the_stream_saves_to_one_file(models
     assert cut.cut(source, "live", 2, True)[0].shape[0] == 21  # reset: from the start, 9 + 12 frames
 
 
+def test_chunk_frames_line_up_with_a_prefilled_stream(models_dir):
+    """Continuing a clip: the live cuts ('call' timing) steer exactly as the whole video does with 'stream' timing,
+    frame i of the video being frame i of the stream, the prefilled clip's frames included."""
+    model, vae = _load(models_dir)
+    source, clip = torch.rand(60, H, W, 3), torch.rand(25, H, W, 3)  # the clip's last 21 frames: 2 chunks
+    cut, sampler = NODES["StreamVACEChunkFrames"](), NODES["StreamVACESampler"]()
+    args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], reset=False, width=W, height=H,
+                chunks=1, seed=1, cache_policy="longlive", steps="1000,500", warp_steps=True, vae=vae, prefill=clip)
+    whole = NODES["StreamVACEControl"]().build(1.0, "stream", control_video=source)[0]
+    for start in (21, 33):
+        frames = cut.cut(source, "pre", 1, False, prefill=clip)[0]
+        assert torch.equal(frames, source[start:start + 12])
+        live = sampler.sample(**args, stream_id="pre",
+                              control=NODES["StreamVACEControl"]().build(1.0, "call", control_video=frames)[0])[0]
+        expected = sampler.sample(**args, stream_id="pre_whole", control=whole)[0]
+        assert live["stream_frame"] == expected["stream_frame"] == start // 4 + 1
+        torch.testing.assert_close(live["samples"], expected["samples"])
+    assert torch.equal(cut.cut(source, "pre", 1, True, prefill=clip)[0], source[21:33])  # reset: prefilled again
+    assert torch.equal(cut.cut(source, "pre", 2, True)[0], source[:21])  # reset without a clip: from the start
+    assert torch.equal(cut.cut(source, "fresh", 1, False, prefill=clip[:9])[0], source[9:21])
+
+
 def test_decoder_fills_in_chunks_a_failed_run_never_delivered(models_dir):
     model, vae = _load(models_dir)
     sampler, decoder = NODES["StreamVACESampler"](), NODES["StreamVACEVAEDecodeStream"]()
@@ -218,13 +241,20 @@ def test_sampler_previews_every_chunk_through_comfyui_progress(models_dir, monke
 
     fakes = {"comfy.utils": SimpleNamespace(ProgressBar=ProgressBar), "folder_paths": SimpleNamespace()}
     monkeypatch.setattr(host, "_comfy", fakes.get)
-    NODES["StreamVACESampler"]().sample(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="v",
-                                        reset=False, width=W, height=H, chunks=2, seed=0, cache_policy="longlive",
-                                        steps="1000,500", warp_steps=True, preview_vae=vae)
+    latent = NODES["StreamVACESampler"]().sample(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]],
+                                                 stream_id="v", reset=False, width=W, height=H, chunks=2, seed=0,
+                                                 cache_policy="longlive", steps="1000,500", warp_steps=True,
+                                                 preview_vae=vae)[0]
     previews = [(value, p) for value, _, p in calls if p is not None]
     assert [value for value, _ in previews] == [3, 6] and [v for v, _, _ in calls][-1] == 6
     kind, image, size = previews[0][1]
     assert kind == "JPEG" and image.size == (W, H) and size == 512
+    latents = comfy_to_latents(latent)
+    for chunk, (_, (_, image, _)) in enumerate(previews):  # each chunk's newest frame, decoded on its own
+        with torch.no_grad():
+            newest = vae.decode(latents[:, :, 3 * chunk:3 * chunk + 3])[0, :, -1].clamp(-1, 1)
+        expected = ((newest + 1) * 127.5).round().permute(1, 2, 0)
+        assert (torch.from_numpy(np.array(image)).float() - expected).abs().max() <= 1
 
 
 def test_deep_forcing_sizes_are_sampler_inputs(models_dir):

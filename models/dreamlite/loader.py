@@ -71,6 +71,19 @@ def _tokenizer_folder(folder: str):
     return None
 
 
+def dreamlite_folder_kind(path: str) -> tuple:
+    """What a diffusers pipeline folder holds, from its model_index.json: ("dreamlite_mobile" | "other" | "unknown",
+    reason); "dreamlite_mobile" is the pipeline the stylize engine loads."""
+    try:
+        with open(os.path.join(path, "model_index.json")) as handle:
+            pipeline_class = json.load(handle).get("_class_name", "")
+    except (OSError, ValueError, AttributeError) as error:
+        return "unknown", f"{path}: model_index.json unreadable ({error})"
+    if pipeline_class == "DreamLiteMobilePipeline":
+        return "dreamlite_mobile", "DreamLite-mobile"
+    return "other", f"a {pipeline_class or 'nameless'} pipeline"
+
+
 def check_dreamlite_folder(folder: str) -> None:
     """Raise a CheckpointError naming what is wrong with a DreamLite-mobile folder, and how to fix it."""
     if not os.path.isdir(folder):

@@ -22,6 +22,7 @@ import torch
 
 from .loader import DreamLiteModels
 from ..checks import check_values
+from ..wan.sampler import chunk_seed
 from ..flow_warp import FlowWorkers, gray_uint8, wait_flows, warp_backward
 
 SIZE_MULTIPLE = 32  # VAE /8 times the U-Net's two downsamples; also the deepest LLLite stride
@@ -55,6 +56,7 @@ class StylizeStream:
     """Everything one stylized stream carries from call to call (and from queue run to queue run)."""
 
     generator: torch.Generator
+    seed: int = 0  # the seed the generator was last seeded from (see DreamLiteStylizer.stylize's `seed`)
     token: object = field(default_factory=object)  # identifies the stream in the shared LLLite buffers
     frames_done: int = 0
     prev_gray: np.ndarray = None  # last input frame, grayscale, for the next flow
@@ -150,7 +152,7 @@ class DreamLiteStylizer:
         """A fresh stream whose noise comes from `seed`."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)
-        return StylizeStream(generator=generator)
+        return StylizeStream(generator=generator, seed=seed)
 
     def schedule(self, steps: int) -> list:
         """[(timestep [B], sigma, next sigma)] for `steps` steps, from the model's scheduler, cached."""
@@ -166,11 +168,12 @@ class DreamLiteStylizer:
         return self._schedules[steps]
 
     def stylize(self, frames: torch.Tensor, stream: StylizeStream, options: StylizeOptions,
-                on_batch=None) -> torch.Tensor:
+                on_batch=None, seed: int = None) -> torch.Tensor:
         """Stylize IMAGE frames [T, H, W, 3] in [0, 1] and continue `stream`; returns [T, H, W, 3] on the CPU.
 
         The stream is only updated when every frame succeeded. `on_batch(frames)` is called after each
-        batch (progress, cancellation: an exception there leaves the stream as it was).
+        batch (progress, cancellation: an exception there leaves the stream as it was). A `seed` other than
+        the stream's draws this call's noise (and a new fixed noise) from it; the stream goes on, nothing restarts.
         """
         options.validate()
         check_frames(frames)  # before anything changes: a NaN frame would poison every later frame
@@ -183,6 +186,10 @@ class DreamLiteStylizer:
         if self.lllite is not None:
             self.lllite.allocate(batch, self.height, self.width)
         work, generator_state = replace(stream), stream.generator.get_state()
+        if seed is not None and int(seed) != stream.seed:
+            # mixed with the position, so returning to an earlier seed never replays the stream's first noise
+            work.seed, work.noise = int(seed), None
+            work.generator.manual_seed(chunk_seed(work.seed, work.frames_done))
         try:
             result = self._run([padded[i:i + batch] for i in range(0, len(padded), batch)], count, work,
                                options, on_batch)

@@ -11,13 +11,14 @@ multiplier is a tensor buffer, and the forward has no Python branches. The publi
 hook subset; the hooks outside the subset are reported as ignored.
 """
 
+import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, key_summary, read_checkpoint, safetensors_keys
 
 LLLITE_PROJECTIONS = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn2.to_q")
 HOOK_SUBSETS = {
@@ -27,6 +28,23 @@ HOOK_SUBSETS = {
 }
 WIDTH_CONCAT = 2  # edit mode feeds [target | source] along width; only the target half is conditioned
 STATE_PREFIX = "modules_dict."
+
+
+def adapter_file_kind(path: str) -> tuple:
+    """What a file in the adapter folder holds, from a .safetensors header alone: ("lllite" | "other" | "unknown",
+    reason). "lllite" is what `TemporalLLLite.from_file` loads; pickles and unreadable headers are "unknown"."""
+    name = os.path.basename(path)
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return "unknown", f"{name}: a PyTorch pickle, whose contents are only known once it is loaded"
+    try:
+        keys = safetensors_keys(path)
+    except CheckpointError as error:
+        return "unknown", str(error)
+    if any(k.startswith(STATE_PREFIX) and k.endswith(".conditioning1.0.weight") for k in keys):
+        return "lllite", "a DreamLite Temporal-LLLite adapter"
+    if any(k.startswith("lllite_unet_") for k in keys):
+        return "other", "a kohya SDXL LLLite, which does not fit DreamLite"
+    return "other", f"{name}: not a Temporal-LLLite adapter (a ControlNet or another model)"
 
 
 def lllite_target_names(unet: nn.Module, hook_blocks: str = "all") -> list:

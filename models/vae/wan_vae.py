@@ -135,7 +135,9 @@ class WanVAE(nn.Module, StreamingVAE):
                 layout = layouts[module.weight.dim()] if enabled else torch.contiguous_format
                 module.weight.data = module.weight.data.contiguous(memory_format=layout)
         self.channels_last, self.auto_fast_kernels = enabled, False
-        fuse = (enabled and self.device.type == "cuda") if fuse is None else fuse
+        if fuse is None:  # torch.compile needs Triton for CUDA kernels (often missing on Windows installs)
+            from torch.utils._triton import has_triton
+            fuse = enabled and self.device.type == "cuda" and has_triton()
         if fuse and not _COMPILED_NORM_SILU:
             _COMPILED_NORM_SILU.append(torch.compile(norm_silu, dynamic=True))
         for module in self.modules():

@@ -10,8 +10,10 @@ Two layers, each optional, each exact to the eager loop up to kernel round-off:
 2. `ChunkGraphs` replays each forward of a steady-state chunk (the cache full, so every shape is fixed)
    from a CUDA graph: 30+ blocks x ~10 kernels launch as one graph. Inputs that change per chunk go
    through static buffers filled by device copies: the latent, the time embedding, the RoPE table, the
-   cache-slot index of the chunk (one device tensor per ring phase, built once), the VACE contexts and the
-   prompt's K/V. Nothing in a replay syncs with the host.
+   cache-slot index of the chunk (one device tensor per ring phase, built once), the cache's own per-chunk
+   tensors (`cache.prepare_replay`: the long-horizon policies' key rotations, masks and positions), the
+   VACE contexts and the prompt's K/V. A cache may name graph variants (`cache.replay_variant`: Deep
+   Forcing's compressing first forward). Nothing in a replay syncs with the host (tests/host_sync.py).
 """
 
 import dataclasses

@@ -14,12 +14,10 @@ E4M3_MAX = 448.0
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """True when Triton imports (CUDA builds of PyTorch ship it)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """True when Triton can build kernels for the CUDA device here (Linux CUDA builds of PyTorch ship it)."""
+    from torch.utils._triton import has_triton
+
+    return has_triton()
 
 
 @functools.lru_cache(maxsize=None)

@@ -230,11 +230,11 @@ class KVCache:
     def write_index(self, slots: ChunkSlots) -> torch.Tensor:
         """Slot index (tokens) of each of the chunk's tokens, a device tensor made once per ring phase."""
         key = slots.runs
-        if key not in self._write_indices:  # a handful of phases (deep_forcing: ~14), all met in the first chunks
-            index = torch.tensor([slot + i for _, slot, length in slots.runs for i in range(length)])
-            if self.keys.is_cuda:  # pinned + non-blocking: a new phase met mid-stream does not wait for the GPU
-                index = index.pin_memory()
-            self._write_indices[key] = index.to(self.keys.device, non_blocking=True)
+        if key not in self._write_indices:  # one per ring phase (deep_forcing: ~14), made on the device: no
+            # host copy, so a new phase met mid-stream never waits for the GPU
+            device = self.keys.device
+            self._write_indices[key] = torch.cat([torch.arange(slot, slot + length, device=device)
+                                                  for _, slot, length in slots.runs])
         return self._write_indices[key]
 
     def is_steady(self, slots: ChunkSlots) -> bool:

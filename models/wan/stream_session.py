@@ -16,7 +16,8 @@ from ..memory import state_nbytes
 from .stream import StreamConfig, VaceInput, WanStream
 from ..vae.stream import same_weights
 from .vace_reference import VaceReference
-from .vace_context import VaceContextBuilder, frame_reference_control, pixel_frame_start, pixel_frames_for_chunk
+from .vace_context import (VaceContextBuilder, frame_reference_control, pixel_frame_start, pixel_frames_for_chunk,
+                           prefill_chunks)
 from .stream_checks import check_chunks, check_config, check_control_input, check_memory, check_prompt
 from .dit import WanDiT
 
@@ -317,7 +318,7 @@ class StreamSession:
         first, later = pixel_frames_for_chunk(0, self.config.chunk_frames), pixel_frames_for_chunk(1, self.config.chunk_frames)
         if video.shape[1] < first:
             raise ValueError(f"the clip to continue has {video.shape[1]} frames; a stream needs at least {first}")
-        used = first + (video.shape[1] - first) // later * later
+        used = pixel_frame_start(prefill_chunks(video.shape[1], self.config.chunk_frames), self.config.chunk_frames)
         if video.device.type == "cpu":
             check_finite(video, "the clip to prefill")
         video = video[:, video.shape[1] - used:]

@@ -33,6 +33,13 @@ def pixel_frame_start(chunk_index: int, chunk_frames: int = 3) -> int:
     return 0 if chunk_index == 0 else pixel_frames_for_chunk(0, chunk_frames) + 4 * chunk_frames * (chunk_index - 1)
 
 
+def prefill_chunks(clip_frames: int, chunk_frames: int = 3) -> int:
+    """Whole chunks a clip of `clip_frames` frames fills when a stream is prefilled from it (its last 9 + 12k
+    frames; older ones are dropped); 0 when it is shorter than a first chunk."""
+    first, later = pixel_frames_for_chunk(0, chunk_frames), pixel_frames_for_chunk(1, chunk_frames)
+    return 0 if clip_frames < first else 1 + (clip_frames - first) // later
+
+
 def mask_to_latent_channels(mask: torch.Tensor, first_chunk: bool, time: str = "nearest") -> torch.Tensor:
     """Binary mask [B, 1, T, H, W] -> [B, 64, t, H/8, W/8]; in time VACE's nearest-exact sample or the group max."""
     if time == "nearest":  # VACE: t = (T + 3) // 4 latent frames, pixel frame floor((i + 1/2) * T / t)
