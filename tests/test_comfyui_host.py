@@ -14,8 +14,8 @@ own CLIPLoader(type wan) / CLIPTextEncode code, which a test-only custom node le
 (tests/_comfyui_umt5.py says what it patches and why). The tests at the end pin problems this test once found
 in the pack (validation, lost chunks, restarts), now fixed, and compare our umT5 encoder with ComfyUI's.
 
-Last run: 2026-12-06, ComfyUI 0.8.0 (CPU, torch 2.14.1, transformers 5.25): 37 passed, 0 failed, 6.6 min on
-2 cores shared with other jobs (14 min under a load of 5). All 18 API workflows ran; 3 queued runs with a randomized seed gave
+Last run: 2026-12-06, ComfyUI 0.8.0 (CPU, torch 2.14.1, transformers 5.25): 37 passed, 0 failed, 2.4 min on
+2 idle cores (7 to 14 min when shared with other jobs). All 18 API workflows ran; 3 queued runs with a randomized seed gave
 9, 12, 12 frames of one stream; one JPEG preview per chunk over the websocket during sampling; `streamvace
 queue` drove 3 runs (9, 12, 12 frames) and reported a rejected workflow in one line, exit 2; our umT5 vs
 ComfyUI's wan encoder on a tiny umT5 (fp16 weights, fp32 compute, padded to 512): max abs diff 5.7e-6
