@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 
 FINISHED = ("execution_success", "execution_error", "execution_interrupted")
+BINARY = "binary"  # the kind ws.receive() gives a binary message (previews), its payload as the data
 
 
 def _free_port() -> int:
@@ -90,9 +91,10 @@ class ComfyUIServer:
         return self.get_bytes("/view?" + urllib.parse.urlencode(
             {k: image[k] for k in ("filename", "subfolder", "type")}))
 
-    def run(self, graph: dict, on_message=None, timeout: float = 180, refused_hint: str = "") -> dict:
+    def run(self, graph: dict, on_message=None, timeout: float = 180, refused_hint: str = "", previews=None) -> dict:
         """Queue an API graph (it must pass validation), follow it over the WebSocket until it finishes; its
-        /history entry. on_message(type, data, prompt_id) sees every message of this prompt while it runs."""
+        /history entry. on_message(type, data, prompt_id) sees every message of this prompt while it runs;
+        `previews` (a list) receives the binary preview messages sent to this client meanwhile, as bytes."""
         client_id = f"streamvace-test-{time.monotonic_ns()}"
         with _WebSocket(self.port, client_id, timeout) as ws:
             status, answer = self.post_json("/prompt", {"prompt": graph, "client_id": client_id})
@@ -101,6 +103,10 @@ class ComfyUIServer:
             prompt_id = answer["prompt_id"]
             while True:
                 kind, data = ws.receive()
+                if kind == BINARY:
+                    if previews is not None:
+                        previews.append(data)
+                    continue
                 if isinstance(data, dict) and data.get("prompt_id") == prompt_id:
                     if on_message is not None:
                         on_message(kind, data, prompt_id)
@@ -116,7 +122,7 @@ class ComfyUIServer:
 
 
 class _WebSocket:
-    """Just enough of RFC 6455 to read ComfyUI's JSON messages (text frames; binary previews are skipped)."""
+    """Just enough of RFC 6455 to read ComfyUI's messages: JSON text frames and binary (preview) frames."""
 
     def __init__(self, port: int, client_id: str, timeout: float):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -140,7 +146,7 @@ class _WebSocket:
         return data
 
     def receive(self) -> tuple:
-        """The next JSON message as (type, data)."""
+        """The next message: (type, data) for JSON, (BINARY, payload bytes) for a binary frame."""
         while True:
             first, second = self._read(2)
             length = second & 0x7F
@@ -152,6 +158,8 @@ class _WebSocket:
             if first & 0x0F == 0x1:
                 message = json.loads(payload)
                 return message.get("type"), message.get("data")
+            if first & 0x0F == 0x2:
+                return BINARY, payload
 
     def __enter__(self):
         return self

@@ -2,14 +2,24 @@
 file layouts, driven over HTTP and the WebSocket as the browser drives it.
 
 Opt-in (CI has no ComfyUI; nothing is downloaded): point COMFYUI_PATH at a ComfyUI checkout and
-COMFYUI_PYTHON at a python that has ComfyUI's requirements and this pack's (requirements.txt) installed:
+COMFYUI_PYTHON at a python that has ComfyUI's requirements, this pack's (requirements.txt) and protobuf (read
+by transformers for a SentencePiece tokenizer) installed:
 
     COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/comfy-venv/bin/python python -m pytest tests -m comfyui
 
-The text conditioning comes from ComfyUI's LotusConditioning node (a constant [1, 2, 1024] embedding, no text
-encoder), so the stream tests need no umT5. The bundled API workflows run as shipped except for their model files
-(tiny stand-ins, STAND_INS; umT5 becomes a random CLIP-L), smaller frames and no torch.compile. The tests at
-the end pin problems this test once found in the pack (validation, lost chunks, restarts), now fixed.
+The stream tests take their text conditioning from ComfyUI's LotusConditioning node (a constant [1, 2, 1024]
+embedding), so they need no text encoder. The bundled API workflows run as shipped except for their model files
+(tiny stand-ins, STAND_INS), smaller frames and no torch.compile; their umT5 is a tiny umT5 loaded by ComfyUI's
+own CLIPLoader(type wan) / CLIPTextEncode code, which a test-only custom node lets accept a tiny size
+(tests/_comfyui_umt5.py says what it patches and why). The tests at the end pin problems this test once found
+in the pack (validation, lost chunks, restarts), now fixed, and compare our umT5 encoder with ComfyUI's.
+
+Last run: 2026-12-06, ComfyUI 0.8.0 (CPU, torch 2.14.1, transformers 5.25): 37 passed, 0 failed, 2.4 min on
+2 idle cores (7 to 14 min when shared with other jobs). All 18 API workflows ran; 3 queued runs with a randomized seed gave
+9, 12, 12 frames of one stream; one JPEG preview per chunk over the websocket during sampling; `streamvace
+queue` drove 3 runs (9, 12, 12 frames) and reported a rejected workflow in one line, exit 2; our umT5 vs
+ComfyUI's wan encoder on a tiny umT5 (fp16 weights, fp32 compute, padded to 512): max abs diff 5.7e-6
+(tolerance 1e-4 x max |value|; values up to 4.2).
 """
 
 import hashlib
@@ -28,6 +38,7 @@ from _comfyui_server import ComfyUIServer, png_size
 from _vae_helpers import save_weights, tiny_vae_state_dict, wan_vae_state_dict
 from dreamlite_tiny import build_tiny_dreamlite
 from tiny_annotator_models import save, tiny_depth_anything, tiny_rt_detr, tiny_sam2_video, tiny_vitpose
+from umt5_tiny import TINY_DIM
 from wan_tiny import tiny_model
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
@@ -43,7 +54,7 @@ STAND_INS = {
     "longlive_base.pt": "longlive_tiny.pt",
     "longlive_lora.pt": "longlive_lora_tiny.pt",
     "Wan2_1-VACE_module_1_3B_bf16.safetensors": "vace_module_tiny.safetensors",
-    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "clip_l_random.safetensors",
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "umt5_tiny_fp16.safetensors",
     "wan_2.1_vae.safetensors": "wan_vae_tiny.safetensors",
     "Wan2.1_VAE.pth": "wan_vae_tiny.safetensors",
     "taew2_1.pth": "taew_tiny.pth",
@@ -131,11 +142,11 @@ def base_dir(tmp_path_factory):
         (base / folder).mkdir(parents=True)
     (base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
     models = base / "models"
-    # CLIP-L's width, in the LongLive training-checkpoint format, for the bundled LongLive workflow
-    t768 = {k: v for k, v in _tiny_wan(768).items() if not k.startswith("vace_")}
-    torch.save({"generator_ema": {f"model.{k}": v for k, v in t768.items()}},
+    # the tiny umT5's width, in the LongLive training-checkpoint format, for the bundled workflows
+    tumt5 = {k: v for k, v in _tiny_wan(TINY_DIM).items() if not k.startswith("vace_")}
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in tumt5.items()}},
                models / "diffusion_models" / "longlive_tiny.pt")
-    torch.save(_peft_lora(t768), models / "loras" / "longlive_lora_tiny.pt")
+    torch.save(_peft_lora(tumt5), models / "loras" / "longlive_lora_tiny.pt")
     # LotusConditioning's width, in the Comfy-Org repackaged format + a VACE module file, for the stream tests
     t1024 = _tiny_wan(1024)
     save_weights({f"model.diffusion_model.{k}": v for k, v in t1024.items() if not k.startswith("vace_")},
@@ -151,7 +162,33 @@ def base_dir(tmp_path_factory):
     save(tiny_sam2_video(), models / "sam2" / "tiny-sam2")
     build_tiny_dreamlite(str(models / "diffusers" / "dreamlite-tiny"))
     _input_video(base / "input" / "input.mp4")
+    _tiny_umt5(base)
     return base
+
+
+def _comfyui_python(*args: str, timeout: float = 300):
+    """Run a script in ComfyUI's python from its checkout, with tests/ and this pack (as `streamvace`) importable."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "streamvace").symlink_to(ROOT, target_is_directory=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([folder, str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), *args], cwd=COMFYUI_PATH, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _tiny_umt5(base: Path) -> None:
+    """A tiny umT5 in Comfy-Org's layout under models/text_encoders (SentencePiece inside, built with ComfyUI's
+    python, which has sentencepiece), and a test-only custom node that lets ComfyUI's CLIPLoader(type wan) load
+    it: ComfyUI's wan text encoder only recognises the full-size model (see tests/_comfyui_umt5.py)."""
+    _comfyui_python(str(ROOT / "tests" / "_comfyui_umt5.py"), "build", str(base / "models"))
+    (base / "custom_nodes" / "streamvace_test_tiny_umt5.py").write_text(
+        '"""Test only (StreamVACE tests/test_comfyui_host.py): a tiny umT5 through CLIPLoader(type wan)."""\n'
+        f"import sys\nsys.path.append({str(ROOT / 'tests')!r})\n"
+        f"from _comfyui_umt5 import patch_comfyui\npatch_comfyui({str(base / 'models' / 'umt5_config_tiny.json')!r})\n"
+        "NODE_CLASS_MAPPINGS = {}\n")
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +346,66 @@ def test_queued_runs_continue_one_stream(reference_stream):
     assert reference_stream[1] != reference_stream[2], "the stream did not move on"
 
 
+def test_a_randomized_seed_continues_one_stream(comfyui, reference_stream):
+    """The frontend's "control after generate: randomize" changes the seed after every run: the stream goes on
+    (9, 12, 12 frames) with fresh noise from the next chunk, never starting over."""
+    runs = [_frames(comfyui, comfyui.run(_with(t2v_graph("randomized"), "4", seed=seed)))
+            for seed in (7, 1234567, 98765432101)]
+    assert [len(run) for run in runs] == [9, 12, 12]
+    assert runs[0] == reference_stream[0]  # the seed the reference stream used
+    assert runs[1] != reference_stream[1] and runs[2] != reference_stream[2], "the new seeds changed nothing"
+
+
+def _with(graph: dict, node: str, **inputs) -> dict:
+    graph[node]["inputs"].update(inputs)
+    return graph
+
+
+def _preview_images(messages: list) -> list:
+    """(event type, image format, (width, height)) of each binary preview message (ComfyUI's protocol.py:
+    a 4-byte event type, for PREVIEW_IMAGE a 4-byte format, 1 = JPEG, then the image)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    found = []
+    for payload in messages:
+        event, image_format = struct.unpack(">II", payload[:8])
+        with Image.open(io.BytesIO(payload[8:])) as image:
+            found.append((event, image_format, image.format, image.size))
+    return found
+
+
+def test_previews_arrive_over_the_websocket_while_sampling(comfyui):
+    """One preview per generated chunk, sent while the sampler runs (the first one before the second chunk's
+    steps): from the latent-to-RGB map, or through a tiny VAE (preview_vae)."""
+    def timeline_of(graph):
+        timeline = []  # binary previews (bytes) and ("progress", node, value) in the order they arrived
+        hook = lambda kind, data, _: timeline.append((kind, data.get("node"), data.get("value")))  # noqa: E731
+        assert _status(comfyui.run(graph, previews=timeline, on_message=hook)) == "execution_success"
+        step, steps_at_previews, shown = None, [], [item if isinstance(item, tuple) else "preview" for item in timeline]
+        for item in timeline:  # the sampler's progress: 4 steps + 1 per chunk, the preview right after a chunk
+            if isinstance(item, bytes):
+                steps_at_previews.append(step)
+            elif item[:2] == ("progress", "4"):
+                step = item[2]
+        assert steps_at_previews == [5, 10], shown
+        assert shown.index("preview") < shown.index(("progress", "4", 6)) < shown.index(("executing", "5", None)), shown
+        return [item for item in timeline if isinstance(item, bytes)]
+
+    # ComfyUI scales every preview to fit --preview-size (512): the latent-size one too
+    fitted = [(1, 1, "JPEG", (512, 512 * H // W))] * 2
+    approximated = timeline_of(t2v_graph("previewed", chunks=2))
+    assert _preview_images(approximated) == fitted
+    graph = t2v_graph("previewed-taew", chunks=2)
+    graph["11"] = {"class_type": "StreamVACELoadTinyVAE", "inputs": {"vae_name": "taew_tiny.pth", "dtype": "fp32"}}
+    graph["4"]["inputs"]["preview_vae"] = ["11", 0]
+    decoded = timeline_of(graph)
+    assert _preview_images(decoded) == fitted
+    assert decoded[0] != approximated[0] and decoded[1] != approximated[1], "the tiny VAE made no difference"
+
+
 def test_interrupt_leaves_the_stream_intact(comfyui, reference_stream):
     assert _frames(comfyui, comfyui.run(t2v_graph("interrupted"))) == reference_stream[0]
     cancelled = comfyui.run(t2v_graph("interrupted"), on_message=_interrupt_at(comfyui, 1))
@@ -409,3 +506,88 @@ def test_queue_command_drives_a_stream(comfyui, reference_stream, tmp_path, caps
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(": done, outputs: " in line for line in lines), lines
     assert [len(line.split(": done, outputs: ")[1].split(", ")) for line in lines] == [9, 12, 12]
+
+
+def test_our_umt5_encoder_matches_comfyuis_wan_text_encoder(base_dir, tmp_path):
+    """The same tiny umT5 file and prompt through ComfyUI's CLIPLoader(type wan) + CLIPTextEncode and through
+    models/wan/text_encoder.py: the same [1, 512, dim] tensor, padding (zeros) included. ComfyUI only recognises
+    a full-size umT5-XXL, so _comfyui_umt5.py patches its size detection and config (and nothing else)."""
+    out = tmp_path / "umt5.json"
+    _comfyui_python(str(ROOT / "tests" / "_comfyui_umt5.py"), "compare", str(base_dir / "models"), str(out))
+    short, spaced, long = json.loads(out.read_text())["results"]
+    for result in (short, spaced):
+        assert result["comfy_shape"] == result["ours_shape"] == [1, 512, 64], result
+        assert result["comfy_ids"][:len(result["ours_ids"])] == result["ours_ids"], result
+        assert result["comfy_real_tokens"] == len(result["ours_ids"]) and result["comfy_padding_abs_sum"] == 0
+        # fp16 weights (ComfyUI's CPU text-encoder dtype, exact in the file) computed in fp32 on both sides
+        assert result["max_abs_diff"] < 1e-4 * max(1.0, result["max_abs"]), result
+    # Over 512 tokens the two differ by design: Wan (and we) truncate to 512 with </s> last; ComfyUI encodes every
+    # token (781 here) and the DiT keeps the first 512 of those, computed with the rest in view.
+    assert long["comfy_shape"][1] > 512 and long["ours_shape"][1] == 512, long
+    assert long["ours_ids"][:511] == long["comfy_ids"][:511] and long["ours_ids"][511] == 1, long
+
+
+def test_queue_command_reports_a_rejected_workflow_in_one_line_and_exits_2(comfyui, tmp_path):
+    """`python -m streamvace queue` itself (a subprocess): ComfyUI's node errors in one line, exit code 2."""
+    import subprocess
+
+    bad = t2v_graph("queued-bad")
+    bad["4"]["inputs"]["width"] = 8  # below the sampler's minimum
+    del bad["5"]["inputs"]["vae"]
+    path = tmp_path / "bad_api.json"
+    path.write_text(json.dumps(bad))
+
+    def queue(*args):
+        return subprocess.run([sys.executable, "-m", "streamvace", "queue", *args, "--url", comfyui.url],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = queue(str(path), "--runs", "2")
+    errors = [line for line in done.stderr.splitlines() if "streamvace queue:" in line]
+    assert done.returncode == 2 and done.stdout == "" and len(errors) == 1, done
+    assert "ComfyUI rejected the workflow" in errors[0], errors
+    assert "node 4 (StreamVACESampler)" in errors[0] and "width" in errors[0], errors
+    assert "node 5 (StreamVACEVAEDecodeStream)" in errors[0] and "vae" in errors[0], errors
+    assert "Traceback" not in done.stderr, done.stderr
+    # a UI-format workflow is refused before anything is posted, saying what to queue instead
+    done = queue(str(ROOT / "workflows" / "text_to_video.json"))
+    assert done.returncode == 2 and "a UI-format workflow; queue its API-format twin" in done.stderr, done
+
+
+def _pixels(comfyui, entry: dict, node: str = "6") -> torch.Tensor:
+    """The frames a PreviewImage node showed in this run, [T, H, W, 3] uint8 as int16."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    assert _status(entry) == "execution_success", f"{entry['status']}\n{comfyui.log_tail()}"
+    frames = [np.asarray(Image.open(io.BytesIO(comfyui.view(image))).convert("RGB"))
+              for image in entry["outputs"][node]["images"]]
+    return torch.from_numpy(np.stack(frames)).short()
+
+
+def test_our_text_encoder_nodes_condition_the_sampler_as_cliptextencode_does(comfyui):
+    """In the server: a stream conditioned by CLIPLoader(type wan) + CLIPTextEncode on the tiny umT5 and one
+    conditioned by our Load Text Encoder + Text Encode on the same file give the same frames."""
+    prompt = "a red car on the beach at sunset"
+
+    def graph(stream_id, ours):
+        g = t2v_graph(stream_id)
+        g["2"]["inputs"]["model_name"] = "longlive_tiny.pt"  # the tiny umT5's width
+        if ours:
+            g["1"] = {"class_type": "StreamVACETextEncode", "inputs": {"text_encoder": ["12", 0], "text": prompt}}
+            g["12"] = {"class_type": "StreamVACELoadTextEncoder", "inputs": {
+                "text_encoder_name": "umt5_tiny_fp16.safetensors", "tokenizer": "auto", "dtype": "fp32"}}
+        else:
+            g["1"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 0], "text": prompt}}
+            g["12"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_tiny_fp16.safetensors",
+                                                              "type": "wan", "device": "default"}}
+        return g
+
+    theirs = _pixels(comfyui, comfyui.run(graph("text-comfy", ours=False)))
+    ours = _pixels(comfyui, comfyui.run(graph("text-ours", ours=True)))
+    assert theirs.shape == ours.shape == (9, H, W, 3)
+    assert (theirs - ours).abs().max() <= 1, (theirs - ours).abs().max()  # 8-bit rounding of equal videos
+    other = graph("text-other", ours=True)
+    other["1"]["inputs"]["text"] = "a blue dog in the forest at night"
+    assert (_pixels(comfyui, comfyui.run(other)) - ours).abs().float().mean() > 1, "the prompt changed nothing"

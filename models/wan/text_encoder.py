@@ -8,8 +8,10 @@ the user's files (tokenizer.json / spiece.model); nothing is downloaded.
 
 What the DiT sees: Wan's T5EncoderModel runs the prompt (whitespace-cleaned, `</s>` appended, truncated to
 512 tokens) with padding masked out and keeps only the real tokens; the DiT zero-pads them to 512. ComfyUI's
-wan text encoder pads to 512 with an attention mask and zeroes the padded outputs: the same tensor. `encode`
-gives exactly that [1, 512, 4096] tensor (the real tokens, then zeros).
+wan text encoder pads to 512 with an attention mask and zeroes the padded outputs: the same tensor (checked
+against ComfyUI 0.8.0 in tests/test_comfyui_host.py). `encode` gives exactly that [1, 512, 4096] tensor (the
+real tokens, then zeros). Over 512 tokens the two part: Wan (and this) truncates to 512, `</s>` last; ComfyUI
+encodes every token with the others in view, and Wan's DiT then keeps the first 512.
 """
 
 import html
