@@ -2,8 +2,9 @@
 
 import os
 
-from ..models.wan.text_encoder import TOKENIZER_FILES, load_text_encoder
+from ..models.wan.text_encoder import TOKENIZER_FILES, load_text_encoder, text_encoder_file_kind
 from . import host
+from .model_lists import UNINSPECTED_NOTE, files_of_kind
 from .model_cache import cached, file_key
 from .types import DTYPE_INPUT, DTYPES
 
@@ -19,6 +20,12 @@ def _tokenizer_dirs() -> list:
             if any(name in files for name in TOKENIZER_FILES):
                 names.append(os.path.relpath(directory, root))
     return sorted(set(names))
+
+
+def _umt5_choices() -> list:
+    """Files and folders of text_encoders that look like umT5 (or cannot be told without loading)."""
+    names = sorted(set(host.model_files(FOLDER)) | set(host.model_dirs(FOLDER)))
+    return files_of_kind(FOLDER, ("umt5",), text_encoder_file_kind, names=names)
 
 
 class StreamVACELoadTextEncoder:
@@ -38,9 +45,10 @@ class StreamVACELoadTextEncoder:
     def INPUT_TYPES(cls):
         """Weights (file or folder), tokenizer folder, precision."""
         return {"required": {
-            "text_encoder_name": (sorted(set(host.model_files(FOLDER)) | set(host.model_dirs(FOLDER))),
-                                  {"tooltip": "umT5-XXL weights: a file in Wan's or transformers' key names, or a "
-                                              "Hugging Face folder."}),
+            "text_encoder_name": (_umt5_choices(), {"tooltip": "umT5-XXL weights: a file in Wan's or transformers' "
+                                                               "key names, or a Hugging Face folder. Other text "
+                                                               "encoders (CLIP, T5) are not listed; "
+                                                               + UNINSPECTED_NOTE}),
             "tokenizer": (["auto"] + _tokenizer_dirs(), {"tooltip": "auto: a tokenizer folder next to the weights "
                                                                     "(umt5-xxl/, google/umt5-xxl/, tokenizer/)."}),
             "dtype": DTYPE_INPUT,

@@ -193,3 +193,31 @@ def test_comfy_fp8_scaled_file_is_dequantised(model, tmp_path):
     oracle = tiny_umt5(seed=3)
     oracle.load_state_dict(dequantised)
     torch.testing.assert_close(encoder.encode(PROMPT), _reference(oracle, encoder.tokens(PROMPT)), rtol=1e-5, atol=1e-5)
+
+
+def test_text_encoder_list_offers_umt5_and_hides_other_encoders(model, tmp_path, monkeypatch):
+    """Files are told apart by their tensor names (a T5 keeps its position bias in block 0 only; CLIP has no
+    encoder blocks); folders by config.json; pickles stay listed."""
+    from transformers import T5Config, T5EncoderModel
+
+    from streamvace.models.wan.text_encoder import text_encoder_file_kind
+    from streamvace.nodes import NODE_CLASS_MAPPINGS as NODES
+
+    folder = tmp_path / "text_encoders"
+    folder.mkdir()
+    save_file({k: v.clone() for k, v in model.state_dict().items()}, folder / "umt5_xxl_fp16.safetensors")
+    save_file(wan_layout(model), folder / "umt5-xxl-enc-bf16.safetensors")
+    t5 = T5EncoderModel(T5Config(vocab_size=32, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4))
+    save_file({k: v.clone() for k, v in t5.state_dict().items()}, folder / "t5xxl_fp16.safetensors")
+    save_file({"text_model.embeddings.token_embedding.weight": torch.zeros(8, 4)}, folder / "clip_l.safetensors")
+    save_wan_pth(model, folder / "models_t5_umt5-xxl-enc-bf16.pth")
+    model.save_pretrained(str(folder / "umt5-hf"))
+    t5.save_pretrained(str(folder / "t5-hf"))
+    kinds = {name: text_encoder_file_kind(str(folder / name))[0] for name in os.listdir(folder)}
+    assert kinds == {"umt5_xxl_fp16.safetensors": "umt5", "umt5-xxl-enc-bf16.safetensors": "umt5",
+                     "t5xxl_fp16.safetensors": "other", "clip_l.safetensors": "other",
+                     "models_t5_umt5-xxl-enc-bf16.pth": "unknown", "umt5-hf": "umt5", "t5-hf": "other"}
+    monkeypatch.setenv("STREAMVACE_MODELS_DIR", str(tmp_path))
+    offered = NODES["StreamVACELoadTextEncoder"].INPUT_TYPES()["required"]["text_encoder_name"][0]
+    assert sorted(offered) == sorted(["umt5_xxl_fp16.safetensors", "umt5-xxl-enc-bf16.safetensors",
+                                      "models_t5_umt5-xxl-enc-bf16.pth", "umt5-hf", "umt5-hf/model.safetensors"])

@@ -15,12 +15,13 @@ encodes every token with the others in view, and Wan's DiT then keeps the first 
 """
 
 import html
+import json
 import os
 import re
 
 import torch
 
-from ..checkpoint_io import CheckpointError, key_summary, read_checkpoint
+from ..checkpoint_io import SAFETENSORS_SUFFIXES, CheckpointError, key_summary, read_checkpoint, safetensors_keys
 
 TEXT_LEN = 512
 HF_TOKENIZER_REPO = "google/umt5-xxl"
@@ -58,6 +59,32 @@ def wan_to_umt5_keys(state_dict: dict, path: str = "<state dict>") -> dict:
                     if key.startswith("pos_embedding.") else "")
             raise CheckpointError(f"{path}: unexpected key '{key}' for Wan's umT5 encoder layout.{hint}")
     return out
+
+
+def text_encoder_file_kind(path: str) -> tuple:
+    """What a text-encoder file or folder holds, without loading it: ("umt5" | "other" | "unknown", reason).
+    A folder is read by its config.json, a .safetensors file by its tensor names; pickles are "unknown"."""
+    name = os.path.basename(path)
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+                model_type = json.load(handle).get("model_type")
+        except (OSError, ValueError):
+            return "other", f"{name}: a folder without a readable config.json"
+        return ("umt5" if model_type == "umt5" else "other"), f"a transformers '{model_type}' model"
+    if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+        return "unknown", f"{name}: a PyTorch pickle, whose contents are only known once it is loaded"
+    try:
+        keys = set(safetensors_keys(path))
+    except CheckpointError as error:
+        return "unknown", str(error)
+    if {"token_embedding.weight", "blocks.0.attn.q.weight", "blocks.0.pos_embedding.embedding.weight"} <= keys:
+        return "umt5", "umT5 in Wan's key names"
+    blocks = {key.split(".")[2] for key in keys if key.startswith("encoder.block.")}
+    biased = {key.split(".")[2] for key in keys if key.endswith("SelfAttention.relative_attention_bias.weight")}
+    if blocks and biased == blocks:  # T5 has its position bias in block 0 only
+        return "umt5", "umT5 in transformers' key names (a position bias in every block)"
+    return "other", f"not a umT5 encoder ({key_summary(sorted(keys))})"
 
 
 def _umt5_state_dict(path: str) -> dict:
