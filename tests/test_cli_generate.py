@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from streamvace.annotators.scribble import ScribbleAnnotator
 from streamvace.annotators.video_io import VideoWriter, read_video_chunks, sample_clip
 from streamvace.cli import main
-from streamvace.generate import GenerateOptions, generate
+from streamvace.cli.generate import GenerateOptions, generate
 from streamvace.models.vae.stream import DecodeStream
 from streamvace.models.vae.wan_vae import load_wan_vae
 from streamvace.models.wan.checkpoint import load_wan_model

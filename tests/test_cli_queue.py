@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from streamvace.cli import main
-from streamvace.comfy_client import load_api_workflow
+from streamvace.cli.comfy_client import load_api_workflow
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

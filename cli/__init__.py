@@ -10,8 +10,8 @@ def _info(args) -> int:
     """Print the version, the compute devices and the attention kernels (the node layer is not loaded)."""
     import torch
 
-    from . import __version__
-    from .models.wan.attention import available_backends
+    from .. import __version__
+    from ..models.wan.attention import available_backends
 
     print(f"StreamVACE {__version__}, torch {torch.__version__}, "
           f"CUDA {'available: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
@@ -51,7 +51,7 @@ def _device(name: str):
 
 def _output(path: str) -> None:
     """Refuse an output path no video can be written to, before any work is done."""
-    from .annotators.video_io import check_output_path
+    from ..annotators.video_io import check_output_path
 
     try:
         check_output_path(path)
@@ -69,8 +69,8 @@ def _written(writer, height: int, width: int) -> str:
 
 def _annotate(args) -> int:
     """Annotate a video file (or the built-in sample clip) chunk by chunk into a control video."""
-    from .annotators.annotate_video import annotate_chunks, make_annotator
-    from .annotators.video_io import VideoWriter, read_video_chunks, sample_clip, video_frame_count
+    from ..annotators.annotate_video import annotate_chunks, make_annotator
+    from ..annotators.video_io import VideoWriter, read_video_chunks, sample_clip, video_frame_count
 
     _positive("--chunk", args.chunk)
     _positive("--frames", args.frames, allow_zero=True)
@@ -116,7 +116,7 @@ def _peek(chunks) -> tuple:
 
 def _sample_clip(args) -> int:
     """Write the synthetic moving-square clip to a video file."""
-    from .annotators.video_io import VideoWriter, sample_clip
+    from ..annotators.video_io import VideoWriter, sample_clip
 
     _positive("--frames", args.frames)
     _positive("--height", args.height)
@@ -193,7 +193,7 @@ def _generate(args) -> int:
 def _add_generate(commands) -> None:
     """The `generate` sub-command's arguments."""
     from .generate import CONTROLS
-    from .models.catalog import default_models_dir
+    from ..models.catalog import default_models_dir
 
     g = commands.add_parser("generate", help="prompt (+ input video, control, references, first/last frame, "
                                              "outpaint) -> MP4, chunk by chunk",
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, nodes and devices").set_defaults(run=_info)
 
-    from .annotators.annotate_video import KINDS
+    from ..annotators.annotate_video import KINDS
 
     annotate = commands.add_parser("annotate", help="turn a video into VACE control frames (depth, scribble, ...)")
     annotate.add_argument("--kind", required=True, choices=KINDS,

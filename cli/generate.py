@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import catalog
-from .models.wan.sampler import DEFAULT_STEPS
-from .models.wan.vace_context import pixel_frames_for_chunk
+from ..models import catalog
+from ..models.wan.sampler import DEFAULT_STEPS
+from ..models.wan.vace_context import pixel_frames_for_chunk
 
 CONTROLS = ("none", "depth", "pose", "scribble", "gray", "flow", "layout", "mask")
 NEEDS_INPUT = ("depth", "pose", "scribble", "gray", "flow", "mask")
@@ -82,7 +82,7 @@ def check_options(o: GenerateOptions) -> None:
     if not o.prompt.strip():
         raise ValueError("--prompt is empty: say what the video shows")
     if o.prompt_schedule:
-        from .models.wan.prompt_schedule import parse_prompt_schedule
+        from ..models.wan.prompt_schedule import parse_prompt_schedule
 
         last = parse_prompt_schedule(o.prompt_schedule)[-1][0]
         if o.chunks and last >= o.chunks:
@@ -117,7 +117,7 @@ def check_options(o: GenerateOptions) -> None:
         raise ValueError(f"--device {o.device}: CUDA is not available here; use --device cpu")
     if o.read_chunk < 1:
         raise ValueError(f"the read chunk must be >= 1 frame, got {o.read_chunk}")
-    from .models.wan.kv_cache import cache_policy_from_text
+    from ..models.wan.kv_cache import cache_policy_from_text
 
     cache_policy_from_text(o.policy)  # an unknown policy or parameter is refused before any model loads
     if not o.out.lower().endswith((".mp4", ".mkv", ".mov")):
@@ -126,7 +126,7 @@ def check_options(o: GenerateOptions) -> None:
         if path and not os.path.isfile(path):
             raise ValueError(f"{path}: no such file")
     if o.outpaint:
-        from .annotators.outpaint import inner_box, parse_sides
+        from ..annotators.outpaint import inner_box, parse_sides
 
         inner_box(o.height, o.width, parse_sides(o.outpaint), o.expand)
 
@@ -150,7 +150,7 @@ class ModelPaths:
 def resolve_models(o: GenerateOptions, log=print) -> ModelPaths:
     """Find every file the run needs (given paths first, then models_dir); download on request; else say
     exactly which files are missing, where they go and where to get them (MissingModels)."""
-    from .models.wan.text_encoder import find_tokenizer
+    from ..models.wan.text_encoder import find_tokenizer
 
     paths, missing = ModelPaths(), []
 
@@ -223,7 +223,7 @@ class FrameFeed:
         self.frames_read, self.max_held, self.fps, self._last = 0, 0, None, None
 
     def _pull(self) -> bool:
-        from .models.wan.stream_session import fit_video
+        from ..models.wan.stream_session import fit_video
 
         if self._done:
             return False
@@ -273,7 +273,7 @@ class FrameFeed:
 
 def _video_source(path: str, read_chunk: int, frames: int, height: int, width: int):
     """(chunk, fps) pairs from a file, or from the synthetic sample clip made at the output size."""
-    from .annotators.video_io import read_video_chunks, sample_clip
+    from ..annotators.video_io import read_video_chunks, sample_clip
 
     if path == "sample":
         clip = sample_clip(frames=frames, height=height, width=width)
@@ -296,7 +296,7 @@ def _mask_from_video(chunk: torch.Tensor) -> torch.Tensor:
 
 
 def _box_masks(text: str, frames: int, height: int, width: int) -> torch.Tensor:
-    from .annotators.masks import fill_boxes
+    from ..annotators.masks import fill_boxes
 
     try:
         boxes = torch.tensor(json.loads(text), dtype=torch.float32)
@@ -314,9 +314,11 @@ class _Progress:
         self.bar = tqdm(total=total, unit="chunk", desc="generate", file=sys.stderr, dynamic_ncols=True)
 
     def log(self, text):
+        """A line above the progress bar (stderr)."""
         self.bar.write(text, file=sys.stderr)
 
     def stage(self, text):
+        """What is happening now, shown beside the bar."""
         self.bar.set_postfix_str(text, refresh=True)
 
 
@@ -325,8 +327,8 @@ class ChunkControls:
     canvas, references, and the first / last frame on the first / last chunk."""
 
     def __init__(self, o: GenerateOptions, paths: ModelPaths, device, total_frames: int):
-        from .annotators.annotate_video import make_annotator
-        from .models.wan.stream_session import fit_video
+        from ..annotators.annotate_video import make_annotator
+        from ..models.wan.stream_session import fit_video
 
         self.o, self.device = o, device
         self.annotator = None
@@ -335,7 +337,7 @@ class ChunkControls:
                                             paths.depth or paths.pose, paths.detector, o.layout)
         self.mask_feed = None
         if o.mask:
-            from .annotators.video_io import read_video_chunks
+            from ..annotators.video_io import read_video_chunks
 
             self.mask_feed = FrameFeed(read_video_chunks(o.mask, o.read_chunk), o.height, o.width)
         fit = lambda image: fit_video(image[:, None], o.height, o.width)[:, 0]  # noqa: E731
@@ -344,14 +346,14 @@ class ChunkControls:
         self.last = fit(load_image(o.last_frame)) if o.last_frame else None
         self.sides = None
         if o.outpaint:
-            from .annotators.outpaint import parse_sides
+            from ..annotators.outpaint import parse_sides
 
             self.sides = parse_sides(o.outpaint)
 
     def for_chunk(self, chunk: int, count: int, source: torch.Tensor, final: bool) -> list:
         """[Control] for chunk `chunk` of `count` frames ([] without VACE); `source` is its input frames."""
-        from .models.wan.stream_session import Control
-        from .models.wan.vace_context import frame_reference_control
+        from ..models.wan.stream_session import Control
+        from ..models.wan.vace_context import frame_reference_control
 
         o, frames, mask = self.o, None, None
         if not o.uses_vace:
@@ -364,7 +366,7 @@ class ChunkControls:
             mask = (_mask_from_video(self.mask_feed.take(count)) if self.mask_feed is not None
                     else _box_masks(o.mask_boxes, count, o.height, o.width))
         elif self.sides is not None:
-            from .annotators.outpaint import outpaint_into_box
+            from ..annotators.outpaint import outpaint_into_box
 
             frames, mask = outpaint_into_box(source, o.height, o.width, self.sides, o.expand)
         # Every chunk's control has the same inputs (frames, mask, references), so the session continues its VAE
@@ -385,7 +387,7 @@ def _open_input(o: GenerateOptions, total_frames: int):
         return None
     height, width = o.height, o.width
     if o.outpaint:  # the source fills the inner box, at its own aspect
-        from .annotators.outpaint import inner_box, parse_sides
+        from ..annotators.outpaint import inner_box, parse_sides
 
         _, _, height, width = inner_box(o.height, o.width, parse_sides(o.outpaint), o.expand)
     feed = FrameFeed(_video_source(o.input, o.read_chunk, total_frames or 48, height, width), height, width)
@@ -397,11 +399,11 @@ def _open_input(o: GenerateOptions, total_frames: int):
 def _load_models(o: GenerateOptions, paths: ModelPaths, device, dtype, progress) -> tuple:
     """(prompt embeddings, prompt schedule or None, DiT, decoding VAE, encoding VAE); the text encoder is freed
     before the DiT loads."""
-    from .models.vae.tiny_vae import load_tiny_vae
-    from .models.vae.wan_vae import load_wan_vae
-    from .models.wan.checkpoint import load_wan_model
-    from .models.wan.prompt_schedule import PromptSchedule, parse_prompt_schedule
-    from .models.wan.text_encoder import load_text_encoder
+    from ..models.vae.tiny_vae import load_tiny_vae
+    from ..models.vae.wan_vae import load_wan_vae
+    from ..models.wan.checkpoint import load_wan_model
+    from ..models.wan.prompt_schedule import PromptSchedule, parse_prompt_schedule
+    from ..models.wan.text_encoder import load_text_encoder
 
     progress.stage("text encoder")
     encoder = load_text_encoder(paths.text_encoder, paths.tokenizer, dtype=dtype, device=device)
@@ -430,11 +432,11 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
 
     on_chunk(frames [3, T, H, W] in [-1, 1], stats) is called after each chunk is written.
     """
-    from .annotators.video_io import VideoWriter
-    from .models.vae.stream import DecodeStream
-    from .models.wan.kv_cache import cache_policy_from_text
-    from .models.wan.stream import StreamConfig
-    from .models.wan.stream_session import StreamSession
+    from ..annotators.video_io import VideoWriter
+    from ..models.vae.stream import DecodeStream
+    from ..models.wan.kv_cache import cache_policy_from_text
+    from ..models.wan.stream import StreamConfig
+    from ..models.wan.stream_session import StreamSession
 
     check_options(o)
     paths = resolve_models(o, log or (lambda text: print(text, file=sys.stderr)))
