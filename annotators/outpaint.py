@@ -67,16 +67,26 @@ def outpaint_canvas(video: torch.Tensor, padding: dict, size: tuple = None, mult
         grown_h, grown_w = h + pad["top"] + pad["bottom"], w + pad["left"] + pad["right"]
         scale = min(out_h / grown_h, out_w / grown_w)
         new_h, new_w = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
-        source = F.interpolate(video.transpose(0, 1).float(), size=(new_h, new_w), mode="bilinear",
-                               align_corners=False, antialias=True).transpose(0, 1)
+        source = _resize(video, new_h, new_w)
         top = round(pad["top"] * scale) + (out_h - round(grown_h * scale)) // 2
         left = round(pad["left"] * scale) + (out_w - round(grown_w * scale)) // 2
         top, left = min(max(top, 0), out_h - new_h), min(max(left, 0), out_w - new_w)
-    canvas = video.new_zeros(3, frames, out_h, out_w, dtype=torch.float32)
-    mask = video.new_ones(1, frames, out_h, out_w, dtype=torch.float32)
-    canvas[:, :, top:top + source.shape[2], left:left + source.shape[3]] = source.float()
-    mask[:, :, top:top + source.shape[2], left:left + source.shape[3]] = 0.0
+    return _place(source, out_h, out_w, top, left)
+
+
+def _place(source: torch.Tensor, height: int, width: int, top: int, left: int) -> tuple:
+    """(gray canvas [3, T, height, width] with source at (top, left), mask [1, T, height, width]: 1 outside it)."""
+    _, frames, h, w = source.shape
+    canvas = source.new_zeros(3, frames, height, width, dtype=torch.float32)
+    mask = source.new_ones(1, frames, height, width, dtype=torch.float32)
+    canvas[:, :, top:top + h, left:left + w] = source.float()
+    mask[:, :, top:top + h, left:left + w] = 0.0
     return canvas, mask
+
+
+def _resize(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.interpolate(video.transpose(0, 1).float(), size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=True).transpose(0, 1)
 
 
 # ---- the `generate` command: a fixed output size, the source in the box the chosen sides leave ----
@@ -108,10 +118,4 @@ def outpaint_into_box(video: torch.Tensor, height: int, width: int, sides, expan
     """Source [3, T, h, w] in [-1, 1] -> (frames [3, T, H, W], mask [1, T, H, W]) on a height x width canvas, the
     source scaled into `inner_box` (the generate command reads its input at that size)."""
     top, left, inner_h, inner_w = inner_box(height, width, sides, expand)
-    frames = video.new_zeros(3, video.shape[1], height, width, dtype=torch.float32)
-    scaled = F.interpolate(video.transpose(0, 1).float(), size=(inner_h, inner_w), mode="bilinear",
-                           align_corners=False, antialias=True).transpose(0, 1)
-    frames[:, :, top:top + inner_h, left:left + inner_w] = scaled
-    mask = torch.ones(1, video.shape[1], height, width, device=video.device)
-    mask[:, :, top:top + inner_h, left:left + inner_w] = 0
-    return frames, mask
+    return _place(_resize(video, inner_h, inner_w), height, width, top, left)
