@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from streamvace.models.checkpoint_io import CheckpointError
-from streamvace.models.memory_checks import NotEnoughMemoryError
+from streamvace.models.memory import NotEnoughMemoryError
 from streamvace.models.vae.stream import EncodeStream
 from streamvace.models.vae.tiny_vae import load_tiny_vae
 from streamvace.models.vae.wan_vae import load_wan_vae
@@ -120,7 +120,7 @@ def test_a_bad_sampler_run_after_good_runs_keeps_the_stream(models, overrides, w
 
 
 def test_a_stream_too_large_for_memory_is_refused_with_the_estimate_and_keeps_the_stream(models, monkeypatch):
-    from streamvace.models import memory_checks as memory
+    from streamvace.models import memory
 
     model, _ = models
     sampler = NODES["StreamVACESampler"]()

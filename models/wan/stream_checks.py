@@ -8,7 +8,7 @@ the chunk loop.
 import torch
 
 from ..checks import check_values, value_summary
-from ..memory_checks import check_fits
+from ..memory import check_fits
 from .kv_cache import CachePolicy
 from .sampler import sigma_schedule
 
