@@ -15,7 +15,7 @@ from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 from streamvace.models.wan.vace import combine_hints, vace_hints
 
 from test_streaming import HEIGHT, WIDTH, rel_err, stream_noises
-from wan_tiny import DEVICE, TEXT_DIM, tiny_model
+from wan_tiny import DEVICE, TEXT_DIM, interrupt_chunk, tiny_model
 
 
 N = 3  # latent frames per chunk
@@ -268,11 +268,7 @@ def test_interrupted_chunks_leave_the_stream_as_it_was():
         for c in range(chunks):
             # the first forward (where deep_forcing compresses, chunk 3) and after the clean pass
             for fail_at in (0, 3) if c in (2, 3) else (0,):
-                def stop(i, n, fail_at=fail_at):
-                    if i == fail_at:
-                        raise KeyboardInterrupt
-                with pytest.raises(KeyboardInterrupt):
-                    stream.next_chunk(on_step=stop)
+                interrupt_chunk(stream, fail_at)
             got.append(stream.next_chunk())
         for c, (a, b) in enumerate(zip(got, expected)):
             assert rel_err(a, b) <= 1e-5, f"{name} chunk {c}"

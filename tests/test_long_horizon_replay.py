@@ -11,7 +11,7 @@ from streamvace.models.wan.stream import StreamConfig, VaceInput, WanStream
 
 from host_sync import HostSyncError, no_host_sync
 from test_long_horizon import DEEP, INFINITY
-from wan_tiny import DEVICE, TEXT_DIM, tiny_model
+from wan_tiny import DEVICE, TEXT_DIM, interrupt_chunk, tiny_model
 
 HEIGHT, WIDTH = 32, 48
 N = 3
@@ -132,11 +132,7 @@ def test_interrupted_replayed_chunks_leave_the_stream_as_it_was(name):
     got = []
     for c in range(8):
         for fail_at in (0, 3) if c in (5, 6) else ():
-            def stop(i, n, fail_at=fail_at):
-                if i == fail_at:
-                    raise KeyboardInterrupt
-            with pytest.raises(KeyboardInterrupt):
-                stream.next_chunk(on_step=stop)
+            interrupt_chunk(stream, fail_at)
         got.append(stream.next_chunk())
     assert stream._graphs._graphs
     for c, (a, b) in enumerate(zip(got, expected)):

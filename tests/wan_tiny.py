@@ -206,3 +206,15 @@ def _reference_hints(model, ref_latents, ctx, x, sigma, text_vace):
     ctx_tokens = model.patchify(torch.cat([ref_ctx, ctx.to(x.device)], 2), model.vace_patch_embedding)
     hints = vace_hints(model.vace_blocks, ctx_tokens, model.patchify(both), e0, text_vace, rope, attends)
     return [h[:, n * per_frame:] for h in hints]
+
+
+def interrupt_chunk(stream, fail_at: int) -> None:
+    """Start the stream's next chunk and stop it by KeyboardInterrupt after forward `fail_at` (a user's cancel)."""
+    def stop(i, n):
+        if i == fail_at:
+            raise KeyboardInterrupt
+    try:
+        stream.next_chunk(on_step=stop)
+    except KeyboardInterrupt:
+        return
+    raise AssertionError(f"the chunk finished without reaching forward {fail_at}")
