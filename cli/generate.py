@@ -433,7 +433,7 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
     on_chunk(frames [3, T, H, W] in [-1, 1], stats) is called after each chunk is written.
     """
     from ..annotators.video_io import VideoWriter
-    from ..models.vae.stream import DecodeStream
+    from ..models.vae.async_decode import AsyncDecoder
     from ..models.wan.kv_cache import cache_policy_from_text
     from ..models.wan.stream import StreamConfig
     from ..models.wan.stream_session import StreamSession
@@ -453,9 +453,19 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
         session = StreamSession(model, config, encoder_vae if o.uses_vace else None)
         # a schedule entry at chunk 0 starts the video (no needless switch from --prompt and back)
         session.set_prompt(prompt if schedule is None or schedule.at(0) is None else schedule.at(0))
-        controls, decode = ChunkControls(o, paths, device, total), DecodeStream()
-        frames_out, chunk, final = 0, 0, False
-        with VideoWriter(o.out, fps=fps) as writer:
+        controls = ChunkControls(o, paths, device, total)
+        frames_out, written, chunk, final = 0, 0, 0, False
+        # chunk N decodes on a side CUDA stream while chunk N+1's DiT runs; frames are written in order
+        with VideoWriter(o.out, fps=fps) as writer, AsyncDecoder() as decoded:
+            def write(videos):
+                nonlocal frames_out, written
+                for video in videos:
+                    writer.write(video[0])
+                    frames_out, written = frames_out + video.shape[2], written + 1
+                    progress.bar.update(1)
+                    if on_chunk is not None:
+                        on_chunk(video[0], _stats(frames_out, written, fps, o.out, feed))
+
             while not final:
                 count = pixel_frames_for_chunk(chunk)
                 source = feed.take(count) if feed is not None else None
@@ -463,16 +473,14 @@ def generate(o: GenerateOptions, log=None, on_chunk=None) -> dict:
                 progress.stage(f"chunk {chunk + 1}")
                 # the schedule switches prompts at its chunk indices, re-caching the KV window under the new one
                 latents = session.generate(1, controls.for_chunk(chunk, count, source, final), prompts=schedule)
-                video = decode.decode(decoder, latents)[0]
-                writer.write(video)
-                frames_out, chunk = frames_out + video.shape[1], chunk + 1
-                progress.bar.update(1)
-                if on_chunk is not None:
-                    on_chunk(video, _stats(frames_out, chunk, fps, o.out, feed))
+                decoded.submit(decoder, latents)
+                chunk += 1
+                write(decoded.take())
+            write(decoded.drain())
         progress.stage("done")
     finally:
         progress.bar.close()
-    return _stats(frames_out, chunk, fps, o.out, feed)
+    return _stats(frames_out, written, fps, o.out, feed)
 
 
 def _stats(frames, chunks, fps, out, feed) -> dict:

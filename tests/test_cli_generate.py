@@ -13,6 +13,7 @@ from streamvace.annotators.scribble import ScribbleAnnotator
 from streamvace.annotators.video_io import VideoWriter, read_video_chunks, sample_clip
 from streamvace.cli import main
 from streamvace.cli.generate import GenerateOptions, generate
+from streamvace.models.vae.async_decode import AsyncDecoder
 from streamvace.models.vae.stream import DecodeStream
 from streamvace.models.vae.wan_vae import load_wan_vae
 from streamvace.models.wan.checkpoint import load_wan_model
@@ -170,6 +171,20 @@ def test_text_to_video_references_and_first_last_frames(models_dir, image_path, 
     _, framed = _run(models_dir, tmp_path, chunks=2, references=(image_path,), first_frame=image_path,
                      last_frame=image_path, decoder="wan")
     assert framed.shape == t2v.shape and (framed - t2v).abs().mean() > 0.01
+
+
+def test_chunks_still_decoding_are_written_later_in_order(models_dir, tmp_path, text_to_video, monkeypatch):
+    """As on a GPU, where chunk N is still decoding beside chunk N+1's DiT when the loop asks for it: each chunk
+    is written once it is done (the last when the decoder drains), in order, with the same frames."""
+    settle = AsyncDecoder._settle
+    monkeypatch.setattr(AsyncDecoder, "_settle", lambda self, wait: settle(self, wait) if wait else False)
+    seen = []
+    options = GenerateOptions(prompt=PROMPT, out=str(tmp_path / "late.mp4"), models_dir=models_dir, width=W, height=H,
+                              device="cpu", chunks=2, decoder="wan")
+    stats = generate(options, on_chunk=lambda video, info: seen.append((video.clone(), info["chunks"], info["frames"])))
+    assert [(chunks, frames) for _, chunks, frames in seen] == [(1, 9), (2, 21)] and stats["frames"] == 21
+    torch.testing.assert_close(torch.cat([video for video, _, _ in seen], dim=1), text_to_video[1], rtol=0, atol=0)
+    assert _written_frames(stats["out"]) == 21
 
 
 def test_constant_memory_over_a_long_input(models_dir, tmp_path, monkeypatch):

@@ -27,12 +27,13 @@ class DecodeStream:
         self.chunks = 0
         self.next_frame = None  # the stream's latent frame expected next, when the latents say where they sit
 
-    def decode(self, vae, latents: torch.Tensor, first_frame: int = None) -> torch.Tensor:
+    def decode(self, vae, latents: torch.Tensor, first_frame: int = None, check_inputs: bool = True) -> torch.Tensor:
         """Decode the next chunk of normalised latents with `vae` (switching decoders if it changed).
 
         `first_frame`: the stream position of latents[:, :, 0] when known. 0 starts the stream over; a
         position other than the one expected (chunks skipped or repeated) continues with a fresh
         mid-stream decoder cache (a small seam) rather than decoding on top of the wrong history.
+        `check_inputs=False` skips the NaN check, a host sync (AsyncDecoder checks later, off the hot path).
         """
         cache = self.cache
         restart = first_frame == 0 or (first_frame is not None and self.next_frame is not None
@@ -41,7 +42,7 @@ class DecodeStream:
             self.chunks = 0
         if not same_weights(vae, self.vae) or cache is None or restart:
             cache = vae.new_decoder_cache(mid_stream=first_frame != 0 and (self.chunks > 0 or bool(first_frame)))
-        video = vae.decode(latents, cache)
+        video = vae.decode(latents, cache, check_inputs=check_inputs)
         self.vae, self.cache = vae, cache
         self.chunks += 1
         if first_frame is not None:
