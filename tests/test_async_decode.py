@@ -2,6 +2,8 @@
 many chunks wait; a chunk the VAE refuses, or NaN latents found late, leave the decode stream usable; submitting
 reads no value on the host (on a GPU it would wait for the DiT). The side-stream path itself needs CUDA."""
 
+import copy
+
 import pytest
 import torch
 from _vae_helpers import TINY_TAE_WIDTHS, TINY_WAN_DIM, randomize_
@@ -128,3 +130,30 @@ def test_latents_handed_over_are_not_written_by_the_next_chunk():
 def test_bad_bound():
     with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
         AsyncDecoder(max_in_flight=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream, events and pinned copies need CUDA")
+def test_cuda_side_stream_waits_for_the_producer_and_never_syncs_the_host(vaes):
+    """Each chunk's latents are written at the end of a long run of producer-stream work: a side stream that did not
+    wait for it would decode them unwritten."""
+    tiny = copy.deepcopy(vaes[1]).cuda()
+    chunks = [z.cuda() for z in _chunks(4)]
+    expected = _sync(lambda i: tiny, chunks)
+    decoder = AsyncDecoder(max_in_flight=len(chunks))
+    decoder.submit(tiny, chunks[0])  # the VAE's first chunk runs on the producer stream (its set-up may sync)
+    busy = torch.randn(2048, 2048, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for z in chunks[1:]:
+            for _ in range(20):
+                busy = torch.tanh(busy @ busy)
+            written_late = torch.empty_like(z)
+            written_late.copy_(z)
+            decoder.submit(tiny, written_late)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    got = decoder.drain()
+    assert all(frames.is_pinned() for frames in got)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-5, atol=1e-5)
