@@ -279,6 +279,28 @@ def time_fp8_quantization(model, height, width):
     return out
 
 
+def time_ffn_epilogue(model, height, width):
+    """One block's feed-forward on a chunk's tokens: bias + GELU in the matmul epilogue (what the blocks run on
+    CUDA) against the three modules run one after another, ms per call and the relative difference."""
+    block = model.blocks[0]
+    h = torch.randn(1, 3 * (height // 16) * (width // 16), model.config.dim, device="cuda", dtype=model.dtype)
+    out = {}
+    for name, fn in (("epilogue", lambda: block.feed_forward(h)), ("modules", lambda: block.ffn(h))):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
+    fused, reference = block.feed_forward(h).float(), block.ffn(h).float()
+    out["rel_diff"] = float((fused - reference).norm() / reference.norm())
+    return out
+
+
 def profile_chunk(model, height, width, vace, out_dir, name="profile"):
     """Kernel table of two steady chunks (compiled blocks, no graphs, so every kernel shows), top 25 by GPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -360,6 +382,7 @@ def main(argv=None) -> int:
             record(f"fast_vace_{tag}_new_stream", time_stream(model, height, width, True, warmup=6, chunks=3, fast=cuda))
         if "attention" in sections and cuda:
             record(f"attention_{tag}", time_attention_kernels(height, width, device, dtype))
+            record(f"ffn_epilogue_{tag}", time_ffn_epilogue(model, height, width))
     if "policies" in sections:  # each policy on the fast path: compiled blocks, steady chunks replayed from CUDA graphs
         if "fast" not in sections and "compare" not in sections and "fp8" not in sections:
             compile_blocks(model, backend=backend)

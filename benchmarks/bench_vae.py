@@ -13,6 +13,7 @@ the same blocks chunk after chunk).
 """
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -156,6 +157,24 @@ def bench_resolution(vae, name, height, width, args, timer):
     return rows
 
 
+def fast_vs_plain(vae, height, width, device, dtype) -> dict:
+    """Relative difference of the fast-kernel Wan VAE from the plain path (same weights), over a first chunk and
+    a steady chunk of encode and of decode."""
+    plain = copy.deepcopy(vae).use_fast_kernels(False)
+    g = torch.Generator(device).manual_seed(3)
+    video = (torch.rand(1, 3, 21, height, width, generator=g, device=device) * 2 - 1).to(dtype)
+    latents = torch.randn(1, 16, 6, height // 8, width // 8, generator=g, device=device)
+    out = {"resolution": f"{height}x{width}"}
+    for op, pieces in (("encode", [video[:, :, :9], video[:, :, 9:]]), ("decode", [latents[:, :, :3], latents[:, :, 3:]])):
+        results = []
+        for model in (vae, plain):
+            cache = model.new_encoder_cache() if op == "encode" else model.new_decoder_cache()
+            results.append(torch.cat([getattr(model, op)(piece, cache).float() for piece in pieces], dim=2))
+        out[f"{op}_rel_diff"] = float((results[0] - results[1]).norm() / results[1].norm())
+    print(f"  fast vs plain path {out}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     """Run the benchmark, print a table and write results.json."""
     args = parse_args(argv)
@@ -176,6 +195,8 @@ def main(argv=None) -> int:
         print(f"{height}x{width}:")
         for name, vae in vaes.items():
             results.extend(bench_resolution(vae, name, height, width, args, timer))
+            if name == "wan2.1" and args.fast_kernels:
+                results.append(fast_vs_plain(vae, height, width, device, DTYPES[args.dtype]))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)

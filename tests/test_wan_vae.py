@@ -246,13 +246,8 @@ def test_loader_names_the_file_and_what_it_looks_like(weights, tmp_path):
 
 @pytest.fixture(scope="module")
 def fast_vae(weights):
-    """The same weights with channels-last convs and the fused norm+SiLU function (uncompiled on the CPU)."""
-    from streamvace.models.vae.wan_vae_blocks import RMSNorm, norm_silu
-    model = load_wan_vae(weights["safetensors"]).use_fast_kernels(fuse=False)
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.fused_silu = norm_silu
-    return model
+    """The same weights with channels-last convs and the fused passes (their PyTorch arithmetic on the CPU)."""
+    return load_wan_vae(weights["safetensors"]).use_fast_kernels()
 
 
 def test_fast_kernels_keep_the_layout_and_match_diffusers_chunk_by_chunk(fast_vae, clip):

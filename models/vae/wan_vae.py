@@ -26,11 +26,9 @@ from ..checkpoint_io import CheckpointError, check_finite_weights, read_checkpoi
 from .latent_format import LATENT_CHANNELS, denormalize_latents, normalize_latents
 from .cache import SPATIAL_FACTOR, TEMPORAL_FACTOR, StreamingVAE, VAECache
 from .checkpoints import vae_state_dict, wrong_file
-from .wan_vae_blocks import (AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, norm_silu,
-                             number_cache_slots)
+from .wan_vae_blocks import AttentionBlock, CausalConv3d, Resample, ResidualBlock, RMSNorm, number_cache_slots
 
 EXPECTED_FILE = "the Wan2.1 VAE (Wan2.1_VAE.pth or wan_2.1_vae.safetensors)"
-_COMPILED_NORM_SILU = []  # one compiled norm_silu per process, shape-generic, shared by every VAE
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Encoder3d(nn.Module):
         for layer in (*self.downsamples, *self.middle):
             x = layer(x, step)
         norm, _, conv = self.head
-        return conv(norm.then_silu(x), step)
+        return norm.then_silu_conv(conv, x, step)
 
 
 class Decoder3d(nn.Module):
@@ -101,7 +99,7 @@ class Decoder3d(nn.Module):
         for layer in (*self.middle, *self.upsamples):
             x = layer(x, step)
         norm, _, conv = self.head
-        return conv(norm.then_silu(x), step)
+        return norm.then_silu_conv(conv, x, step)
 
 
 class WanVAE(nn.Module, StreamingVAE):
@@ -127,22 +125,19 @@ class WanVAE(nn.Module, StreamingVAE):
         self.auto_fast_kernels = True  # switch them on at the first call on a CUDA device (False: never)
 
     def use_fast_kernels(self, enabled: bool = True, fuse: bool = None) -> "WanVAE":
-        """Channels-last convs (cuDNN's native tensor-core layout, autotuned per shape) and, on CUDA, RMSNorm+SiLU
-        fused by torch.compile. Same arithmetic as the plain path up to kernel round-off; returns self."""
+        """Channels-last convs (cuDNN's native tensor-core layout, autotuned per shape) and, with `fuse` (default: as
+        `enabled`), each residual block's bias + RMSNorm + SiLU and bias + residual sums in fused passes (Triton
+        kernels on CUDA, models/vae/vae_kernels.py). Same arithmetic as the plain path up to round-off; returns self."""
         layouts = {5: torch.channels_last_3d, 4: torch.channels_last}
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Conv3d)):
                 layout = layouts[module.weight.dim()] if enabled else torch.contiguous_format
                 module.weight.data = module.weight.data.contiguous(memory_format=layout)
         self.channels_last, self.auto_fast_kernels = enabled, False
-        if fuse is None:  # torch.compile needs Triton for CUDA kernels (often missing on Windows installs)
-            from torch.utils._triton import has_triton
-            fuse = enabled and self.device.type == "cuda" and has_triton()
-        if fuse and not _COMPILED_NORM_SILU:
-            _COMPILED_NORM_SILU.append(torch.compile(norm_silu, dynamic=True))
+        fuse = enabled if fuse is None else fuse
         for module in self.modules():
             if isinstance(module, RMSNorm):
-                module.fused_silu = _COMPILED_NORM_SILU[0] if fuse else None
+                module.fused = fuse
         return self
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import vae_kernels
+from .vae_kernels import rms_normalize
+
 CONTEXT_FRAMES = 2  # a temporal kernel of 3 looks at the two previous frames
 
 
@@ -27,17 +30,6 @@ def frames_layout(x: torch.Tensor) -> torch.memory_format:
 def _channels_last(x: torch.Tensor, layout: torch.memory_format) -> bool:
     # a tensor with one channel is both contiguous and channels-last; it keeps the plain layout
     return x.shape[1] > 1 and x.is_contiguous(memory_format=layout) and not x.is_contiguous()
-
-
-def rms_normalize(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """x / ||x||_2 * gamma over the channel axis (the norm reduced in float32)."""
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
-    return x * norm.reciprocal().to(x.dtype) * gamma.to(x.dtype)
-
-
-def norm_silu(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """SiLU(rms_normalize(x, gamma)): RMSNorm then SiLU, one kernel when compiled."""
-    return F.silu(rms_normalize(x, gamma))
 
 
 class CausalConv3d(nn.Conv3d):
@@ -65,6 +57,23 @@ class CausalConv3d(nn.Conv3d):
             x = F.pad(x, (0, 0, 0, 0, missing, 0))
         return super().forward(x)
 
+    def forward_normed(self, x, norm: "RMSNorm", step=None, input_bias=None, add_bias: bool = True):
+        """self(SiLU(norm(x + input_bias)), step), with the normalised frames written straight after the cached
+        ones in the conv's input (no concatenation pass); add_bias=False leaves this conv's bias to the caller."""
+        previous = None if step is None else step.read(self.cache_slot)
+        cached = 0 if previous is None else previous.shape[2]
+        front = max(self.front_pad, cached)  # zero frames where the cache has fewer than the kernel looks back
+        b, c, t, h, w = x.shape
+        frames = torch.empty((b, c, front + t, h, w), dtype=x.dtype, device=x.device,
+                             memory_format=frames_layout(x))
+        frames[:, :, :front - cached].zero_()
+        if cached:
+            frames[:, :, front - cached:front].copy_(previous)
+        vae_kernels.norm_silu(x, norm.gamma * norm.scale, input_bias, out=frames[:, :, front:])
+        if step is not None:  # the frames without the zero padding, as forward() caches them
+            step.write(self.cache_slot, frames[:, :, front - cached:][:, :, -CONTEXT_FRAMES:].clone())
+        return self._conv_forward(frames, self.weight, self.bias if add_bias else None)
+
 
 class RMSNorm(nn.Module):
     """x * sqrt(C) * gamma / ||x||_2 over the channel axis (Wan's RMS_norm; the norm is reduced in float32)."""
@@ -74,17 +83,17 @@ class RMSNorm(nn.Module):
         self.scale = dim ** 0.5
         self.gamma = nn.Parameter(torch.ones((dim, 1, 1) if images else (dim, 1, 1, 1)))
 
-    fused_silu = None  # a compiled norm_silu shared by every norm of a VAE (WanVAE.use_fast_kernels)
+    fused = False  # WanVAE.use_fast_kernels: the convs after it take SiLU(norm(x)) in one fused pass
 
     def forward(self, x):
         """Normalise over dim 1."""
         return rms_normalize(x, self.gamma * self.scale)
 
-    def then_silu(self, x):
-        """SiLU(self(x)), the pair every residual block and head applies before a conv."""
-        if self.fused_silu is None:
-            return F.silu(self(x))
-        return self.fused_silu(x, self.gamma * self.scale)
+    def then_silu_conv(self, conv: CausalConv3d, x, step):
+        """conv(SiLU(self(x)), step), the sequence every residual block and head applies."""
+        if self.fused:
+            return conv.forward_normed(x, self, step)
+        return conv(F.silu(self(x)), step)
 
 
 class ResidualBlock(nn.Module):
@@ -100,8 +109,12 @@ class ResidualBlock(nn.Module):
     def forward(self, x, step=None):
         """x + residual(x), with both causal convs continuing from their slots."""
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
-        h = conv1(norm1.then_silu(x), step)
-        h = conv2(norm2.then_silu(h), step)
+        if norm1.fused:  # conv biases folded into the next fused pass: norm2's input, then the residual sum
+            h = conv1.forward_normed(x, norm1, step, add_bias=False)
+            h = conv2.forward_normed(h, norm2, step, input_bias=conv1.bias, add_bias=False)
+            return vae_kernels.add_bias_residual(h, conv2.bias, self.shortcut(x))
+        h = norm1.then_silu_conv(conv1, x, step)
+        h = norm2.then_silu_conv(conv2, h, step)
         return h + self.shortcut(x)
 
 
