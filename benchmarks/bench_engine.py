@@ -249,7 +249,7 @@ def time_attention_kernels(height, width, device, dtype):
 def time_fp8_quantization(model, height, width):
     """The FFN's GELU + row-wise e4m3 quantisation of one chunk's tokens: the Triton kernel against the same
     arithmetic compiled by Inductor (its own fusion), ms per call and the kernel's difference from it."""
-    from streamvace.models.wan import fp8_kernels
+    from streamvace.models.wan import triton_kernels
     from streamvace.models.wan.fp8 import E4M3_MAX
 
     def inductor_reference(x):
@@ -261,7 +261,7 @@ def time_fp8_quantization(model, height, width):
     x = torch.randn(tokens, model.blocks[0].ffn[0].out_features, device="cuda", dtype=torch.bfloat16) * 2
     out = {"shape": list(x.shape)}
     compiled = torch.compile(inductor_reference, dynamic=False)
-    for name, fn in (("triton_kernel", lambda: fp8_kernels.quantize_rows_e4m3(x, True)), ("inductor", lambda: compiled(x))):
+    for name, fn in (("triton_kernel", lambda: triton_kernels.quantize_rows_e4m3(x, True)), ("inductor", lambda: compiled(x))):
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -272,7 +272,7 @@ def time_fp8_quantization(model, height, width):
         end.record()
         torch.cuda.synchronize()
         out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
-    (values, scale), (ref_values, ref_scale) = fp8_kernels.quantize_rows_e4m3(x, True), compiled(x)
+    (values, scale), (ref_values, ref_scale) = triton_kernels.quantize_rows_e4m3(x, True), compiled(x)
     dequantized, reference = values.float() * scale, ref_values.float() * ref_scale
     out["scale_max_rel_diff"] = float(((scale - ref_scale).abs() / ref_scale).max())
     out["dequantized_rel_diff"] = float((dequantized - reference).norm() / reference.norm())
@@ -280,12 +280,14 @@ def time_fp8_quantization(model, height, width):
 
 
 def time_ffn_epilogue(model, height, width):
-    """One block's feed-forward on a chunk's tokens: bias + GELU in the matmul epilogue (what the blocks run on
-    CUDA) against the three modules run one after another, ms per call and the relative difference."""
-    block = model.blocks[0]
+    """The FFN's first Linear + GELU on a chunk's tokens: bias and GELU in the matmul epilogue (what compiled
+    blocks run on CUDA) against the two modules one after another, us per call and the relative difference."""
+    from streamvace.models.wan.blocks import linear_gelu
+
+    first, gelu, _ = model.blocks[0].ffn
     h = torch.randn(1, 3 * (height // 16) * (width // 16), model.config.dim, device="cuda", dtype=model.dtype)
     out = {}
-    for name, fn in (("epilogue", lambda: block.feed_forward(h)), ("modules", lambda: block.ffn(h))):
+    for name, fn in (("epilogue", lambda: linear_gelu(first, h)), ("modules", lambda: gelu(first(h)))):
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -296,7 +298,7 @@ def time_ffn_epilogue(model, height, width):
         end.record()
         torch.cuda.synchronize()
         out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
-    fused, reference = block.feed_forward(h).float(), block.ffn(h).float()
+    fused, reference = linear_gelu(first, h).float(), gelu(first(h)).float()
     out["rel_diff"] = float((fused - reference).norm() / reference.norm())
     return out
 

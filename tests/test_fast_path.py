@@ -115,3 +115,44 @@ def test_fp8_blocks_stream_close_to_full_precision():
     fp8, _ = _run(model, "longlive", 3, static=False, vace=False)
     error = ((fp8 - full).norm() / full.norm()).item()
     assert 1e-4 < error < 0.1, f"relative difference {error:.2e}"
+
+
+def _triton_on_cuda() -> bool:
+    from streamvace.models.wan.triton_kernels import available
+    return torch.cuda.is_available() and available()
+
+
+@pytest.mark.skipif(not _triton_on_cuda(), reason="the fused kernels of compiled regions need CUDA and Triton")
+def test_compiled_regions_fuse_norm_rope_and_gelu_to_the_same_numbers():
+    """The Triton RMSNorm+RoPE kernel and the matmul-epilogue GELU against the reference steps, in and out of
+    torch.compile (compiled regions take the fused paths; eager blocks keep the reference steps)."""
+    from torch import nn
+
+    from streamvace.models.wan.blocks import linear_gelu
+    from streamvace.models.wan.long_horizon import QueryRotary
+    from streamvace.models.wan.rope import RotaryTable, rope_angles
+    from streamvace.models.wan.triton_kernels import rms_norm_rope
+
+    torch.manual_seed(0)
+    heads, width = 12, 1536
+    norm = nn.RMSNorm(width, eps=1e-6).cuda().to(torch.bfloat16)
+    norm.weight.data.normal_(1.0, 0.3)
+    x = torch.randn(1, 3 * 6 * 8, width, device="cuda", dtype=torch.bfloat16) * 3
+    table = RotaryTable.for_grid(width // heads, 7, 3, 6, 8, device="cuda")
+    reference = table.apply(norm(x).unflatten(-1, (heads, -1))).float()
+
+    def close(a, b):  # one bf16 rounding apart at most (the reference rounds twice)
+        return ((a.float() - b).abs() <= b.abs() * 2 ** -7 + 1e-6).all()
+
+    fused = rms_norm_rope(x, norm.weight, 1e-6, table.cos, table.sin, heads)
+    assert close(fused, reference) and not torch.equal(reference, table.apply(x.float().unflatten(-1, (heads, -1))))
+    compiled = torch.compile(lambda t, h: t.apply_normed(h, norm, heads), fullgraph=True)
+    assert torch.equal(compiled(table, x), fused)
+    assert torch.equal(table.apply_normed(x, norm, heads).float(), reference)  # eager: the reference steps
+    raw_keys = QueryRotary(rope_angles(width // heads, torch.arange(7, 10, device="cuda"), 6, 8))
+    keys = torch.compile(lambda t, h: t.apply_normed_to_keys(h, norm, heads), fullgraph=True)(raw_keys, x)
+    assert torch.equal(keys, norm(x).unflatten(-1, (heads, -1)))  # a table that leaves keys raw still does
+
+    linear, gelu = nn.Linear(width, 4 * width).cuda().to(torch.bfloat16), nn.GELU(approximate="tanh")
+    expected = gelu(linear(x).float())
+    assert ((linear_gelu(linear, x).float() - expected).norm() / expected.norm()) < 4e-3

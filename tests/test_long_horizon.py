@@ -29,6 +29,11 @@ class Raw:
 
     apply_to_keys = apply
 
+    def apply_normed(self, x, norm, heads):
+        return norm(x).unflatten(-1, (heads, -1))
+
+    apply_normed_to_keys = apply_normed
+
     def plain(self):
         return self
 

@@ -59,10 +59,9 @@ class SelfAttention(_Projections):
 
     def qkv(self, x: torch.Tensor, rope: RotaryTable) -> tuple:
         """x [B, L, dim] in the weights' dtype -> rotated q, k and v [B, L, heads, head_dim]."""
-        heads = (self.num_heads, -1)
-        q = rope.apply(self.norm_q(self.q(x)).unflatten(-1, heads))
-        k = rope.apply_to_keys(self.norm_k(self.k(x)).unflatten(-1, heads))
-        return q, k, self.v(x).unflatten(-1, heads)
+        q = rope.apply_normed(self.q(x), self.norm_q, self.num_heads)
+        k = rope.apply_normed_to_keys(self.k(x), self.norm_k, self.num_heads)
+        return q, k, self.v(x).unflatten(-1, (self.num_heads, -1))
 
     def forward(self, x: torch.Tensor, rope: RotaryTable, attend: AttendFn) -> torch.Tensor:
         """x [B, L, dim] in the weights' dtype -> [B, L, dim]."""
@@ -134,14 +133,24 @@ class WanBlock(nn.Module):
         return x + gated(self.feed_forward(h), gate2)
 
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
-        """ffn(h). On CUDA the first Linear's bias and tanh-GELU run in its matmul's epilogue (cuBLASLt), which
-        saves a full pass over the 8960-wide hidden rows; elsewhere (and for FP8 layers) the modules run as named."""
+        """ffn(h); inside compiled regions on CUDA the first Linear's bias and GELU run in its matmul (linear_gelu)."""
         first, gelu, second = self.ffn
-        if not (h.is_cuda and type(first) is nn.Linear and first.bias is not None and isinstance(gelu, nn.GELU)
-                and gelu.approximate == "tanh"):
-            return self.ffn(h)
-        hidden = torch._addmm_activation(first.bias, h.flatten(0, -2), first.weight.t(), use_gelu=True)
-        return second(hidden.unflatten(0, h.shape[:-1]))
+        if torch.compiler.is_compiling() and linear_gelu_fits(first, gelu, h):
+            return second(linear_gelu(first, h))
+        return self.ffn(h)
+
+
+def linear_gelu_fits(linear: nn.Module, gelu: nn.Module, h: torch.Tensor) -> bool:
+    """True when GELU(linear(h)) can run as linear_gelu: a plain biased Linear, tanh GELU, CUDA."""
+    return (h.is_cuda and type(linear) is nn.Linear and linear.bias is not None and isinstance(gelu, nn.GELU)
+            and gelu.approximate == "tanh")
+
+
+def linear_gelu(linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """tanh-GELU(linear(h)) with the bias and GELU in the cuBLASLt matmul's epilogue (CUDA): one pass less over
+    the 8960-wide hidden rows than a separate GELU kernel."""
+    hidden = torch._addmm_activation(linear.bias, h.flatten(0, -2), linear.weight.t(), use_gelu=True)
+    return hidden.unflatten(0, h.shape[:-1])
 
 
 class WanHead(nn.Module):

@@ -13,7 +13,7 @@ row amax and cast reads the 8960-wide rows twice and costs 4x the memory time).
 import torch
 import torch.nn as nn
 
-from . import fp8_kernels
+from . import triton_kernels
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -25,8 +25,8 @@ BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cr
 def quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple:
     """x [M, K] -> (e4m3 values [M, K], float32 scales [M, 1]) with x ~= values * scales; gelu=True quantises
     GELU(x) (tanh approximation) instead, in one pass over x on CUDA."""
-    if x.is_cuda and x.dtype == torch.bfloat16 and fp8_kernels.available():
-        return fp8_kernels.quantize_rows_e4m3(x, gelu)
+    if x.is_cuda and x.dtype == torch.bfloat16 and triton_kernels.available():
+        return triton_kernels.quantize_rows_e4m3(x, gelu)
     if gelu:
         x = nn.functional.gelu(x, approximate="tanh")
     scale = x.detach().abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX

@@ -10,6 +10,8 @@ trained up to 240 latent frames; Scope resets the stream at 1024, LongLive-infin
 
 import torch
 
+from . import triton_kernels
+
 THETA = 10000.0
 
 
@@ -72,6 +74,20 @@ class RotaryTable:
     def plain(self) -> "RotaryTable":
         """This table rotating queries and keys alike (for attention without a cache, e.g. the VACE blocks)."""
         return self
+
+    def apply_normed(self, x: torch.Tensor, norm: torch.nn.RMSNorm, heads: int) -> torch.Tensor:
+        """Rotate norm(x) split into heads: [B, L, width] -> [B, L, heads, head_dim]. Inside compiled regions on
+        CUDA one Triton kernel does both (rounded once); elsewhere the two steps run as the reference does."""
+        if torch.compiler.is_compiling() and norm.weight is not None and triton_kernels.norm_rope_fits(x, self.cos, heads):
+            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+            return triton_kernels.rms_norm_rope(x, norm.weight, eps, self.cos, self.sin, heads)
+        return self.apply(norm(x).unflatten(-1, (heads, -1)))
+
+    def apply_normed_to_keys(self, x: torch.Tensor, norm: torch.nn.RMSNorm, heads: int) -> torch.Tensor:
+        """apply_to_keys(norm(x) split into heads), fused like apply_normed where keys rotate like queries."""
+        if type(self).apply_to_keys is not RotaryTable.apply_to_keys:  # a table that treats keys its own way
+            return self.apply_to_keys(norm(x).unflatten(-1, (heads, -1)))
+        return self.apply_normed(x, norm, heads)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate x [B, L, heads, head_dim] (computed in float32, returned in x's dtype)."""
