@@ -303,6 +303,35 @@ def time_ffn_epilogue(model, height, width):
     return out
 
 
+def time_norm_rope(model, height, width):
+    """q/k RMSNorm + RoPE of one chunk's tokens: the Triton kernel (what compiled blocks run on CUDA) against
+    Inductor's own fusion of the reference steps, us per call and the kernel's difference from it."""
+    from streamvace.models.wan.rope import RotaryTable
+    from streamvace.models.wan.triton_kernels import rms_norm_rope
+
+    attention = model.blocks[0].self_attn
+    heads, norm = attention.num_heads, attention.norm_q
+    x = torch.randn(1, 3 * (height // 16) * (width // 16), model.config.dim, device="cuda", dtype=model.dtype) * 3
+    table = RotaryTable.for_grid(model.config.head_dim, 9, 3, height // 16, width // 16, device="cuda")
+    inductor = torch.compile(lambda h: table.apply(norm(h).unflatten(-1, (heads, -1))), dynamic=False)
+    out = {}
+    for name, fn in (("triton_kernel", lambda: rms_norm_rope(x, norm.weight, norm.eps, table.cos, table.sin, heads)),
+                     ("inductor", lambda: inductor(x))):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(50):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
+    kernel, reference = rms_norm_rope(x, norm.weight, norm.eps, table.cos, table.sin, heads).float(), inductor(x).float()
+    out["rel_diff"] = float((kernel - reference).norm() / reference.norm())
+    return out
+
+
 def profile_chunk(model, height, width, vace, out_dir, name="profile"):
     """Kernel table of two steady chunks (compiled blocks, no graphs, so every kernel shows), top 25 by GPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -385,6 +414,7 @@ def main(argv=None) -> int:
         if "attention" in sections and cuda:
             record(f"attention_{tag}", time_attention_kernels(height, width, device, dtype))
             record(f"ffn_epilogue_{tag}", time_ffn_epilogue(model, height, width))
+            record(f"norm_rope_{tag}", time_norm_rope(model, height, width))
     if "policies" in sections:  # each policy on the fast path: compiled blocks, steady chunks replayed from CUDA graphs
         if "fast" not in sections and "compare" not in sections and "fp8" not in sections:
             compile_blocks(model, backend=backend)

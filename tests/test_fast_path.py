@@ -141,8 +141,8 @@ def test_compiled_regions_fuse_norm_rope_and_gelu_to_the_same_numbers():
     table = RotaryTable.for_grid(width // heads, 7, 3, 6, 8, device="cuda")
     reference = table.apply(norm(x).unflatten(-1, (heads, -1))).float()
 
-    def close(a, b):  # one bf16 rounding apart at most (the reference rounds twice)
-        return ((a.float() - b).abs() <= b.abs() * 2 ** -7 + 1e-6).all()
+    def close(a, b):  # bf16 round-off apart (the reference rounds twice: after the norm, after the rotation)
+        return (a.float() - b).norm() / b.norm() < 4e-3 and (a.float() - b).abs().max() <= b.abs().max() * 2 ** -6
 
     fused = rms_norm_rope(x, norm.weight, 1e-6, table.cos, table.sin, heads)
     assert close(fused, reference) and not torch.equal(reference, table.apply(x.float().unflatten(-1, (heads, -1))))

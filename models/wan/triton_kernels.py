@@ -64,22 +64,19 @@ def _norm_rope_op():
 
     @triton.jit
     def norm_rope_kernel(x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, eps, width: tl.constexpr,
-                         HEADS: tl.constexpr, PAIRS: tl.constexpr, BLOCK_HEADS: tl.constexpr):
+                         PAIRS: tl.constexpr, BLOCK_HEADS: tl.constexpr):
         token = tl.program_id(0).to(tl.int64)
-        head = tl.arange(0, BLOCK_HEADS)[:, None]
+        offsets = tl.arange(0, BLOCK_HEADS * 2 * PAIRS)  # the row read and written contiguously
+        inside = offsets < width
+        x = tl.load(x_ptr + token * width + offsets, mask=inside, other=0.0).to(tl.float32)
+        inverse_rms = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / width + eps)
+        x = x * inverse_rms * tl.load(weight_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        real, imag = tl.split(tl.reshape(x, (BLOCK_HEADS, PAIRS, 2)))  # interleaved pairs, as Wan's rope_apply
         pair = tl.arange(0, PAIRS)[None, :]
-        inside = head < HEADS
-        even = head * (2 * PAIRS) + 2 * pair  # interleaved (real, imaginary) channels, as Wan's rope_apply
-        real = tl.load(x_ptr + token * width + even, mask=inside, other=0.0).to(tl.float32)
-        imag = tl.load(x_ptr + token * width + even + 1, mask=inside, other=0.0).to(tl.float32)
-        inverse_rms = 1.0 / tl.sqrt(tl.sum(tl.sum(real * real + imag * imag, axis=1), axis=0) / width + eps)
-        real = real * inverse_rms * tl.load(weight_ptr + even, mask=inside, other=0.0).to(tl.float32)
-        imag = imag * inverse_rms * tl.load(weight_ptr + even + 1, mask=inside, other=0.0).to(tl.float32)
         cos = tl.load(cos_ptr + token * PAIRS + pair)
         sin = tl.load(sin_ptr + token * PAIRS + pair)
-        dtype = out_ptr.dtype.element_ty
-        tl.store(out_ptr + token * width + even, (real * cos - imag * sin).to(dtype), mask=inside)
-        tl.store(out_ptr + token * width + even + 1, (real * sin + imag * cos).to(dtype), mask=inside)
+        rotated = tl.reshape(tl.join(real * cos - imag * sin, real * sin + imag * cos), (BLOCK_HEADS * 2 * PAIRS,))
+        tl.store(out_ptr + token * width + offsets, rotated.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton_op("streamvace::rms_norm_rope", mutates_args=())
     def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
@@ -87,9 +84,8 @@ def _norm_rope_op():
         batch, tokens, width = x.shape
         out = torch.empty((batch, tokens, heads, width // heads), dtype=x.dtype, device=x.device)
         pairs = width // heads // 2
-        wrap_triton(norm_rope_kernel)[(batch * tokens,)](x, weight, cos, sin, out, eps, width=width, HEADS=heads,
-                                                         PAIRS=pairs, BLOCK_HEADS=triton.next_power_of_2(heads),
-                                                         num_warps=4)
+        wrap_triton(norm_rope_kernel)[(batch * tokens,)](x, weight, cos, sin, out, eps, width=width, PAIRS=pairs,
+                                                         BLOCK_HEADS=triton.next_power_of_2(heads), num_warps=4)
         return out
 
     return rms_norm_rope
