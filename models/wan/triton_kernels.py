@@ -15,9 +15,14 @@ import torch
 
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # compiled regions ask too: Dynamo must not trace has_triton (it breaks the graph)
 def available() -> bool:
     """True when Triton can build kernels for the CUDA device here (Linux CUDA builds of PyTorch ship it)."""
+    return _has_triton()
+
+
+@functools.lru_cache(maxsize=None)
+def _has_triton() -> bool:
     from torch.utils._triton import has_triton
 
     return has_triton()
