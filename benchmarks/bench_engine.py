@@ -213,6 +213,20 @@ def time_session_sync_free(model, height, width, chunks):
             "ms_per_chunk": round(start.elapsed_time(end) / chunks, 2)}
 
 
+def gpu_ms(fn, calls: int) -> float:
+    """GPU milliseconds per call of fn over `calls` calls after 3 warm-up calls (CUDA events)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls
+
+
 def time_attention_kernels(height, width, device, dtype):
     """ms of one steady-state self-attention (chunk queries over the full LongLive cache) per kernel: the SDPA
     ones, and flash-attn / SageAttention where installed, with each one's difference from the math kernel."""
@@ -227,16 +241,8 @@ def time_attention_kernels(height, width, device, dtype):
     out = {}
     for name, backend in kernels.items():
         try:
-            for _ in range(3):
-                result = attention(q, k, v, backend=backend)
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                attention(q, k, v, backend=backend)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 20
+            ms = gpu_ms(lambda: attention(q, k, v, backend=backend), 20)
+            result = attention(q, k, v, backend=backend)
             out[name] = {"ms": round(ms, 3), "tflops": round(4 * 12 * 3 * n * 12 * n * 128 / ms / 1e9, 1)}
             if reference is not None:
                 error = (result.float() - reference).norm() / reference.norm()
@@ -262,16 +268,7 @@ def time_fp8_quantization(model, height, width):
     out = {"shape": list(x.shape)}
     compiled = torch.compile(inductor_reference, dynamic=False)
     for name, fn in (("triton_kernel", lambda: triton_kernels.quantize_rows_e4m3(x, True)), ("inductor", lambda: compiled(x))):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(50):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
+        out[f"{name}_us"] = round(gpu_ms(fn, 50) * 1000, 1)
     (values, scale), (ref_values, ref_scale) = triton_kernels.quantize_rows_e4m3(x, True), compiled(x)
     dequantized, reference = values.float() * scale, ref_values.float() * ref_scale
     out["scale_max_rel_diff"] = float(((scale - ref_scale).abs() / ref_scale).max())
@@ -288,16 +285,7 @@ def time_ffn_epilogue(model, height, width):
     h = torch.randn(1, 3 * (height // 16) * (width // 16), model.config.dim, device="cuda", dtype=model.dtype)
     out = {}
     for name, fn in (("epilogue", lambda: linear_gelu(first, h)), ("modules", lambda: gelu(first(h)))):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(50):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
+        out[f"{name}_us"] = round(gpu_ms(fn, 50) * 1000, 1)
     fused, reference = linear_gelu(first, h).float(), gelu(first(h)).float()
     out["rel_diff"] = float((fused - reference).norm() / reference.norm())
     return out
@@ -317,16 +305,7 @@ def time_norm_rope(model, height, width):
     out = {}
     for name, fn in (("triton_kernel", lambda: rms_norm_rope(x, norm.weight, norm.eps, table.cos, table.sin, heads)),
                      ("inductor", lambda: inductor(x))):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(50):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        out[f"{name}_us"] = round(start.elapsed_time(end) / 50 * 1000, 1)
+        out[f"{name}_us"] = round(gpu_ms(fn, 50) * 1000, 1)
     kernel, reference = rms_norm_rope(x, norm.weight, norm.eps, table.cos, table.sin, heads).float(), inductor(x).float()
     out["rel_diff"] = float((kernel - reference).norm() / reference.norm())
     return out
