@@ -15,7 +15,7 @@ import torch
 
 
 
-@torch.compiler.assume_constant_result  # compiled regions ask too: Dynamo must not trace has_triton (it breaks the graph)
+@torch.compiler.assume_constant_result  # asked inside compiled regions: Dynamo may not trace has_triton
 def available() -> bool:
     """True when Triton can build kernels for the CUDA device here (Linux CUDA builds of PyTorch ship it)."""
     return _has_triton()
