@@ -82,6 +82,8 @@ class AsyncDecoder:
                 self._side = torch.cuda.Stream(latents.device)
             stream = self._side
             stream.wait_stream(producer)  # the DiT's writes of these latents come first
+        elif self._side is not None:  # a VAE new to this decoder, on the producer: earlier chunks' decodes come first
+            producer.wait_stream(self._side)
         try:
             with torch.cuda.stream(stream):
                 video = self.stream.decode(vae, latents, first_frame, check_inputs=False)

@@ -51,7 +51,9 @@ def norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor = None, o
 
 
 def add_bias_residual(h: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """h + bias (per channel) + residual, written into h."""
+    """h + bias (per channel, or None) + residual, written into h."""
+    if bias is None:
+        return h.add_(residual)
     if _rows(h) and _rows(residual):
         _kernels().add_rows(h, bias, residual, h.shape[1], h.numel() // h.shape[1])
         return h

@@ -78,9 +78,9 @@ class RotaryTable:
     def apply_normed(self, x: torch.Tensor, norm: torch.nn.RMSNorm, heads: int) -> torch.Tensor:
         """Rotate norm(x) split into heads: [B, L, width] -> [B, L, heads, head_dim]. Inside compiled regions on
         CUDA one Triton kernel does both (rounded once); elsewhere the two steps run as the reference does."""
-        fused = norm.weight is not None and triton_kernels.norm_rope_fits(x, self.cos, heads)
+        fused = norm.weight is not None and triton_kernels.norm_rope_fits(x, self.cos, self.sin, heads)
         if torch.compiler.is_compiling() and fused:
-            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+            eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps  # as rms_norm in float32
             return triton_kernels.rms_norm_rope(x, norm.weight, eps, self.cos, self.sin, heads)
         return self.apply(norm(x).unflatten(-1, (heads, -1)))
 

@@ -96,13 +96,13 @@ def _norm_rope_op():
     return rms_norm_rope
 
 
-def norm_rope_fits(x: torch.Tensor, cos: torch.Tensor, heads: int) -> bool:
-    """True when rms_norm_rope can take x [B, L, width] with a table cos [1, L, 1, head_dim / 2] (CUDA, Triton)."""
+def norm_rope_fits(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> bool:
+    """True when rms_norm_rope can take x [B, L, width] with tables cos, sin [1, L, 1, head_dim / 2] (CUDA, Triton)."""
     width = x.shape[-1]
     pairs = width // heads // 2
     return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 3 and width % (2 * heads) == 0
-            and pairs & (pairs - 1) == 0 and tuple(cos.shape) == (1, x.shape[1], 1, pairs) and cos.is_contiguous()
-            and cos.dtype == torch.float32 and available())
+            and pairs & (pairs - 1) == 0 and all(tuple(t.shape) == (1, x.shape[1], 1, pairs) and t.is_contiguous()
+                                                 and t.dtype == torch.float32 for t in (cos, sin)) and available())
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
