@@ -147,6 +147,17 @@ class Progress:
                                                     now - self._last, left)
         self._last = now
 
+    def message(self, text: str) -> None:
+        """Show a line of text on the running node (servers with progress text) and log it."""
+        logging.getLogger("streamvace").info("%s: %s", self.what, text)
+        server = getattr(getattr(_comfy("server"), "PromptServer", None), "instance", None)
+        if self._bar is None or not hasattr(server, "send_progress_text"):
+            return
+        context = getattr(_comfy("comfy_execution.utils"), "get_executing_context", lambda: None)()
+        node = getattr(context, "node_id", None) or getattr(server, "last_node_id", None)
+        if node is not None:
+            server.send_progress_text(text, node, getattr(server, "client_id", None))
+
     @property
     def shows_previews(self) -> bool:
         """True inside ComfyUI, where previews reach the UI (outside it, skip computing them)."""

@@ -283,3 +283,38 @@ def test_deep_forcing_sizes_are_sampler_inputs(models_dir):
     longlive = {**args, "cache_policy": "longlive", "stream_id": "ll", "deep_sink_frames": 17, "deep_top_frames": 17}
     sampler.sample(**longlive)
     assert registry("wan").get("ll").stream.config.policy == cache_policy("longlive")
+
+
+def test_the_first_chunk_of_a_size_says_the_blocks_compile(models_dir, monkeypatch):
+    """A compiled model's first run of a size (and control set) shows a line on the node; later runs do not."""
+    from types import SimpleNamespace
+
+    from streamvace.nodes import host
+
+    texts = []
+
+    class ProgressBar:  # comfy.utils.ProgressBar's interface
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            pass
+
+    server = SimpleNamespace(client_id="c", send_progress_text=lambda text, node, sid: texts.append((text, node, sid)))
+    fakes = {"comfy.utils": SimpleNamespace(ProgressBar=ProgressBar), "folder_paths": SimpleNamespace(),
+             "server": SimpleNamespace(PromptServer=SimpleNamespace(instance=server)),
+             "comfy_execution.utils": SimpleNamespace(get_executing_context=lambda: SimpleNamespace(node_id="7"))}
+    model, vae = _load(models_dir)
+    model.compiled = True  # what the loader's compile option sets on CUDA
+    control = NODES["StreamVACEControl"]().build(0.8, "stream", control_video=torch.rand(33, H, W, 3))[0]
+    monkeypatch.setattr(host, "_comfy", fakes.get)
+    sampler = NODES["StreamVACESampler"]()
+    args = dict(model=model, positive=[[torch.randn(1, 7, TEXT_DIM), {}]], stream_id="c", reset=False, width=W,
+                height=H, chunks=1, seed=0, cache_policy="longlive", steps="1000,500", warp_steps=True)
+    for extra in ({}, {}, {"vae": vae, "control": control}, {"vae": vae, "control": control}):
+        sampler.sample(**args, **extra)
+    assert [(node, sid) for _, node, sid in texts] == [("7", "c"), ("7", "c")]
+    assert f"{W}x{H}:" in texts[0][0] and f"{W}x{H} with control" in texts[1][0] and "compiling" in texts[0][0]
+    model.compiled = False
+    sampler.sample(**{**args, "width": 64})
+    assert len(texts) == 2  # eager blocks compile nothing
