@@ -58,6 +58,8 @@ def sampler_policy(name: str, deep_sink_frames: int = 10, deep_top_frames: int =
     return make_cache_policy(name)
 
 
+_COMPILED_SIZES = set()  # (model config, width, height, with control) the compiled blocks have run
+
 class StreamVACEModelLoader:
     """Load a causal Wan2.1 DiT (LongLive, Self-Forcing, ...), optionally with a VACE module and LoRAs."""
 
@@ -287,16 +289,17 @@ class StreamVACESampler:
         if prefill is not None and session.chunks_done == 0:
             session.prefill_video(image_to_video(prefill))
         progress = host.Progress(chunks * (len(step_list) + 1), "Stream Sampler")
-        compiled_for = model.__dict__.setdefault("streamvace_compiled_for", set())  # sizes its blocks compiled for
-        size = (width, height, bool(controls))
-        if getattr(model, "compiled", False) and size not in compiled_for:
+        # compiled blocks are shared by every model of one config (models/wan/fast_path.py): they compile once per
+        # config, size and control set, in the first chunk
+        size = (model.config, width, height, bool(controls)) if getattr(model, "compiled", False) else None
+        if size is not None and size not in _COMPILED_SIZES:
             progress.message(f"compiling the DiT for {width}x{height}{' with control' if controls else ''}: the first "
                              "chunk takes up to a minute longer, once per size")
         first_frame = session.stream.frames_done
         preview = (lambda z: progress.preview(chunk_preview(z, preview_vae))) if progress.shows_previews else None
         latents = session.generate(chunks, controls, on_step=lambda i, n: progress.update(1), prompts=prompts,
                                    on_chunk=preview)
-        compiled_for.add(size)
+        _COMPILED_SIZES.add(size)  # (None: eager blocks)
         # where these latents sit in which stream: a streaming decoder restarts with the sampler, and fills
         # in chunks that a failed or interrupted run generated but never delivered (see stream_latents)
         return ({**latents_to_comfy(latents), "stream_id": stream_id, "stream_frame": first_frame},)
