@@ -228,27 +228,29 @@ def gpu_ms(fn, calls: int) -> float:
 
 
 def time_attention_kernels(height, width, device, dtype):
-    """ms of one steady-state self-attention (chunk queries over the full LongLive cache) per kernel: the SDPA
-    ones, and flash-attn / SageAttention where installed, with each one's difference from the math kernel."""
+    """ms of each attention a steady chunk runs, per kernel: the chunk's queries over the full LongLive cache
+    (self), over the chunk alone (the VACE blocks) and over the 512 text tokens (cross); the SDPA kernels, and
+    flash-attn / SageAttention where installed, with each one's difference from float32."""
     from streamvace.models.wan.attention import PACKAGES, attention, available_backends
 
     n = (height // 16) * (width // 16)
-    q = torch.randn(1, 3 * n, 12, 128, device=device, dtype=dtype)
-    k, v = (torch.randn(1, 12 * n, 12, 128, device=device, dtype=dtype) for _ in range(2))
-    reference = attention(q.float(), k.float(), v.float()) if n <= 1000 else None  # 368x640: small enough
     kernels = {"cudnn": "sdpa_cudnn", "flash": "sdpa_flash", "efficient": "sdpa_efficient"}
     kernels.update({name: name for name in PACKAGES if name in available_backends()})
     out = {}
-    for name, backend in kernels.items():
-        try:
-            ms = gpu_ms(lambda: attention(q, k, v, backend=backend), 20)
-            result = attention(q, k, v, backend=backend)
-            out[name] = {"ms": round(ms, 3), "tflops": round(4 * 12 * 3 * n * 12 * n * 128 / ms / 1e9, 1)}
-            if reference is not None:
+    for shape, keys in (("self", 12 * n), ("vace_chunk", 3 * n), ("cross_text", 512)):
+        q = torch.randn(1, 3 * n, 12, 128, device=device, dtype=dtype)
+        k, v = (torch.randn(1, keys, 12, 128, device=device, dtype=dtype) for _ in range(2))
+        reference = attention(q.float(), k.float(), v.float())
+        for name, backend in kernels.items():
+            label = name if shape == "self" else f"{shape}_{name}"  # the self rows keep their earlier names
+            try:
+                ms = gpu_ms(lambda: attention(q, k, v, backend=backend), 20)
+                result = attention(q, k, v, backend=backend)
+                out[label] = {"ms": round(ms, 4), "tflops": round(4 * 12 * 3 * n * keys * 128 / ms / 1e9, 1)}
                 error = (result.float() - reference).norm() / reference.norm()
-                out[name]["relative_error_vs_fp32"] = float(error)
-        except (RuntimeError, ImportError) as error:
-            out[name] = {"error": str(error).splitlines()[0][:200]}
+                out[label]["relative_error_vs_fp32"] = float(error)
+            except (RuntimeError, ImportError) as error:
+                out[label] = {"error": str(error).splitlines()[0][:200]}
     return out
 
 
@@ -405,7 +407,8 @@ def main(argv=None) -> int:
     height, width = sizes[0]
     if "profile" in sections and cuda:
         os.makedirs(args.out, exist_ok=True)
-        print(profile_chunk(model, height, width, False, args.out), flush=True)
+        for vace in (False, True):
+            print(profile_chunk(model, height, width, vace, args.out), flush=True)
     if "compare" in sections:
         uncompile_blocks(model)
         eager = copy.deepcopy(model)

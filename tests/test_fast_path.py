@@ -15,7 +15,7 @@ HEIGHT, WIDTH = 32, 48
 CHUNKS = 8  # the longlive ring (9 frames) wraps at chunk 4 and turns through all three of its phases
 
 
-def _run(model, policy, chunks, static: bool, vace: bool, prompt_switch_at=None, seed=3):
+def _run(model, policy, chunks, static: bool, vace: bool, prompt_switch_at=None, seed=3, vary_scale=False):
     stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, policy=cache_policy(policy), seed=seed))
     if static:  # the graphs' static buffers: captured and replayed on a GPU, run as they are on the CPU
         stream.cuda_graphs, stream._graphs = True, ChunkGraphs(stream, capture=DEVICE.type == "cuda")
@@ -27,7 +27,8 @@ def _run(model, policy, chunks, static: bool, vace: bool, prompt_switch_at=None,
     for c in range(chunks):
         if c == prompt_switch_at:
             stream.set_prompt(texts[1])
-        controls = [VaceInput(contexts[:, :, 3 * c:3 * c + 3], 0.7)] if vace else ()
+        scale = 0.7 + 0.1 * c if vary_scale else 0.7  # a user moving the strength slider mid-stream
+        controls = [VaceInput(contexts[:, :, 3 * c:3 * c + 3], scale)] if vace else ()
         out.append(stream.next_chunk(controls))
     return torch.cat(out, 2), stream
 
@@ -36,9 +37,10 @@ def _run(model, policy, chunks, static: bool, vace: bool, prompt_switch_at=None,
 @pytest.mark.parametrize("vace", [False, True], ids=["t2v", "vace"])
 def test_static_buffer_forwards_equal_the_eager_loop(policy, vace):
     model = tiny_model(vace=vace)
-    eager, _ = _run(model, policy, CHUNKS, static=False, vace=vace, prompt_switch_at=6)
-    static, stream = _run(model, policy, CHUNKS, static=True, vace=vace, prompt_switch_at=6)
-    assert stream._graphs._graphs, "the steady-state chunks must have gone through the static buffers"
+    eager, _ = _run(model, policy, CHUNKS, static=False, vace=vace, prompt_switch_at=6, vary_scale=True)
+    static, stream = _run(model, policy, CHUNKS, static=True, vace=vace, prompt_switch_at=6, vary_scale=True)
+    # one graph per kind of forward (denoising, cache pass): a new VACE strength is a fill of its static buffer
+    assert len(stream._graphs._graphs) == 2, list(stream._graphs._graphs)
     torch.testing.assert_close(static, eager, rtol=1e-5, atol=1e-5)
 
 
@@ -55,12 +57,13 @@ def test_static_forwards_write_the_slots_of_each_ring_phase():
 def test_compiled_regions_do_not_recompile_as_the_ring_turns():
     torch._dynamo.reset()
     model = tiny_model(vace=True)
-    eager, _ = _run(model, "longlive", 6, static=False, vace=True)
+    eager, _ = _run(model, "longlive", 6, static=False, vace=True, vary_scale=True)
     compile_blocks(model, backend="eager")  # Dynamo's guards and graph breaks, without code generation
     try:
         _run(model, "longlive", 3, static=False, vace=True)  # warm-up: the chunk and VACE token shapes
         frames_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        compiled, _ = _run(model, "longlive", 6, static=False, vace=True)
+        # a new VACE strength every chunk: the strength reaches the compiled regions as a tensor
+        compiled, _ = _run(model, "longlive", 6, static=False, vace=True, vary_scale=True)
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_before, "recompiled after warm-up"
         assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     finally:

@@ -96,7 +96,7 @@ def _masked_forward(model, clean, x, sigma, text, policy, chunk_frames, contexts
         if not hints_in_past:  # the clean cache pass ran without hints: past frames got none
             keep = torch.zeros(1, total * per_frame, 1, device=latents.device)
             keep[:, (total - x.shape[2]) * per_frame:] = 1
-            hints = [h * keep for h in hints]
+            hints = [(h * keep, scale) for h, scale in hints]
     mask = frame_mask(policy, chunk_frames, total, per_frame)
     out = model.run_blocks(tokens, e0, text_base, rope, [lambda q, k, v: attention(q, k, v, mask)] * len(model.blocks), hints)
     velocity = model.unpatchify(model.head(out, e), grid)

@@ -105,14 +105,15 @@ class WanBlock(nn.Module):
     regions = None  # (attention_inputs, attention_outputs) compiled for all blocks (models/wan/fast_path.py)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, text_kv: tuple, rope: RotaryTable,
-                attend: AttendFn) -> torch.Tensor:
-        """x [B, L, dim] float32, e0 [B, F_e, 6, dim] float32 -> updated x."""
+                attend: AttendFn, hint: tuple = None) -> torch.Tensor:
+        """x [B, L, dim] float32, e0 [B, F_e, 6, dim] float32 -> updated x (+ hint * scale for a VACE
+        (hint, scale) pair)."""
         if self.regions is None:
             q, k, v = self.attention_inputs(x, e0, rope)
-            return self.attention_outputs(x, attend(q, k, v), e0, text_kv)
+            return self.attention_outputs(x, attend(q, k, v), e0, text_kv, hint)
         inputs, outputs = self.regions
         q, k, v = inputs(self, x, e0, rope)
-        return outputs(self, x, attend(q, k, v), e0, text_kv)
+        return outputs(self, x, attend(q, k, v), e0, text_kv, hint)
 
     # The block is split at the self-attention so that the parts around it (all the elementwise work:
     # modulation, norms, RoPE, gates, residuals, GELU) compile into fused kernels that every block shares,
@@ -123,14 +124,16 @@ class WanBlock(nn.Module):
         return self.self_attn.qkv(modulate(self.norm1(x), shift1, scale1).to(self.dtype), rope)
 
     def attention_outputs(self, x: torch.Tensor, attended: torch.Tensor, e0: torch.Tensor,
-                          text_kv: tuple) -> torch.Tensor:
-        """The rest of the block after the self-attention kernel: output projection, gate, cross-attention, FFN."""
+                          text_kv: tuple, hint: tuple = None) -> torch.Tensor:
+        """The rest of the block after the self-attention kernel: output projection, gate, cross-attention, FFN,
+        then the VACE hint (hint, scale) if given, added in the same fused pass."""
         dtype = self.dtype
         _, _, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)
         x = x + gated(self.self_attn.o(attended.flatten(-2)), gate1)
         x = x + self.cross_attn(self.norm3(x).to(dtype), text_kv).float()
         h = modulate(self.norm2(x), shift2, scale2).to(dtype)
-        return x + gated(self.feed_forward(h), gate2)
+        x = x + gated(self.feed_forward(h), gate2)
+        return x if hint is None else x + hint[0].float() * hint[1]
 
     def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
         """ffn(h); inside compiled regions on CUDA the first Linear's bias and GELU run in its matmul (linear_gelu)."""

@@ -173,12 +173,10 @@ class WanDiT(nn.Module):
     # ---- the network --------------------------------------------------------------------------------
     def run_blocks(self, x: torch.Tensor, e0: torch.Tensor, text_kvs: list, rope: RotaryTable,
                    attends: list, hints: list = None) -> torch.Tensor:
-        """All base blocks on tokens x (float32), adding VACE hints after the paired blocks."""
+        """All base blocks on tokens x (float32); the paired blocks add their VACE (hint, scale) (combine_hints)."""
         hint_at = dict(zip(self.vace_layers, hints)) if hints else {}
         for i, (block, text_kv, attend) in enumerate(zip(self.blocks, text_kvs, attends)):
-            x = block(x, e0, text_kv, rope, attend)
-            if i in hint_at:
-                x = x + hint_at[i]
+            x = block(x, e0, text_kv, rope, attend, hint_at.get(i))
         return x
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, *,

@@ -12,7 +12,7 @@ Two layers, each optional, each exact to the eager loop up to kernel round-off:
    through static buffers filled by device copies: the latent, the time embedding, the RoPE table, the
    cache-slot index of the chunk (one device tensor per ring phase, built once), the cache's own per-chunk
    tensors (`cache.prepare_replay`: the long-horizon policies' key rotations, masks and positions), the
-   VACE contexts and the prompt's K/V. A cache may name graph variants (`cache.replay_variant`: Deep
+   VACE contexts and strengths, and the prompt's K/V. A cache may name graph variants (`cache.replay_variant`: Deep
    Forcing's compressing first forward). Nothing in a replay syncs with the host (tests/host_sync.py).
 """
 
@@ -97,18 +97,20 @@ class ChunkGraphs:
     def forward(self, x: torch.Tensor, step: int, vace, need_output: bool):
         """One forward of the current chunk, replayed from its graph (captured the first time)."""
         # the cache's variant: e.g. deep_forcing compresses on the first forward of some chunks only
-        key = (need_output, tuple(item.scale for item in vace), self.stream.cache.replay_variant(step))
-        if len(vace) not in self._contexts:
-            self._contexts[len(vace)] = [torch.zeros_like(item.context) for item in vace]
+        key = (need_output, len(vace), self.stream.cache.replay_variant(step))
+        if len(vace) not in self._contexts:  # contexts and strengths: a new strength is a fill, not a new graph
+            self._contexts[len(vace)] = [(torch.zeros_like(item.context), torch.zeros((), device=self.x.device))
+                                         for item in vace]
         inputs = self._contexts[len(vace)]
         self.x.copy_(x)
         for static, value in zip(self.time, self.stream._time[step]):
             static.copy_(value)
-        for static, item in zip(inputs, vace):
-            static.copy_(item.context)
+        for (context, scale), item in zip(inputs, vace):
+            context.copy_(item.context)
+            scale.fill_(item.scale)
         if key not in self._graphs:
-            self._graphs[key] = self._capture([dataclasses.replace(item, context=static)
-                                               for item, static in zip(vace, inputs)], need_output)
+            self._graphs[key] = self._capture([dataclasses.replace(item, context=context, scale=scale)
+                                               for item, (context, scale) in zip(vace, inputs)], need_output)
         graph, out = self._graphs[key]
         if graph is None:
             return out()
