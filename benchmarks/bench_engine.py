@@ -333,6 +333,18 @@ def profile_chunk(model, height, width, vace, out_dir, name="profile"):
     return table
 
 
+def time_wan_vae(height, width, smoke):
+    """The Wan VAE's steady 12-frame encode and decode at one size, timed as bench_vae.py times them (fast
+    kernels, as the loaders run it on CUDA; median of 10 after 3 warm-ups), so summary.json has them from this run."""
+    import bench_vae  # beside this file
+
+    args = bench_vae.parse_args(["--fast-kernels", "--only", "wan2.1", "--resolutions", f"{height}x{width}",
+                                 *(["--smoke"] if smoke else [])])
+    (vae,) = bench_vae.build_vaes(args).values()
+    rows = bench_vae.bench_resolution(vae, "wan2.1", height, width, args, bench_vae.Timer(torch.device(args.device)))
+    return {row["op"]: round(row["ms_median"], 2) for row in rows}
+
+
 def _commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -349,9 +361,12 @@ def main(argv=None) -> int:
     parser.add_argument("--chunks", type=int, default=100, help="timed chunks on the fast path")
     parser.add_argument("--eager-chunks", type=int, default=20, help="timed chunks on the eager path")
     parser.add_argument("--sizes", default="480x832,368x640")
-    parser.add_argument("--only", default="eager,fast,compare,attention,fp8,e2e,session",
+    parser.add_argument("--only", default="eager,fast,compare,attention,fp8,e2e,vae,session",
                         help="comma-separated sections to run")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse)")
+    parser.add_argument("--merge", default=None,
+                        help="results.json of an earlier part of this run (same commit and device): its rows join "
+                             "this part's, so one summary.json covers a run split over several calls")
     parser.add_argument("--policies", default="longlive,infinity,deep_forcing",
                         help="cache policies timed by the opt-in 'policies' section (--only policies), T2V at the "
                              "first size, after 24 warm-up chunks (every layout deep_forcing meets is built by then; it compresses from chunk 7 on, then on "
@@ -370,6 +385,14 @@ def main(argv=None) -> int:
         "model": "smoke" if args.smoke else "Wan2.1-VACE-1.3B (random weights)",
         "steps": "4 warped + t=0 cache pass", "policy": "longlive", "runs": {},
     }
+
+    if args.merge:
+        with open(args.merge) as handle:
+            earlier = json.load(handle)
+        if (earlier["commit"], earlier["device"]) != (results["commit"], results["device"]):
+            raise SystemExit(f"--merge {args.merge}: measured at {earlier['commit']} on {earlier['device']}, "
+                             f"not {results['commit']} on {results['device']}")
+        results["runs"].update(earlier["runs"])
 
     def record(name, value):
         results["runs"][name] = value
@@ -438,6 +461,9 @@ def main(argv=None) -> int:
                     record(f"e2e_{'vace' if vace else 't2v'}_{decoder}{'_async' if overlap else ''}_{height}x{width}",
                            time_end_to_end(model, height, width, vace, decoder, 2 if args.smoke else 30, args.smoke,
                                            cuda, overlap))
+    if "vae" in sections:
+        for height, width in sizes:
+            record(f"wan_vae_{height}x{width}_ms", time_wan_vae(height, width, args.smoke))
     if "session" in sections and cuda:
         record("session_sync_free", time_session_sync_free(model, *sizes[-1], 10))
     os.makedirs(args.out, exist_ok=True)
@@ -475,7 +501,8 @@ def summarize(results: dict) -> dict:
         "e2e_t2v_480x832_wan_async_fps": get("e2e_t2v_wan_async_480x832", "end_to_end_fps"),
         "e2e_t2v_480x832_tiny_async_fps": get("e2e_t2v_tiny_async_480x832", "end_to_end_fps"),
         "e2e_vace_368x640_tiny_async_fps": get("e2e_vace_tiny_async_368x640", "end_to_end_fps"),
-        "wan_decode_480x832_ms": runs.get("wan_decode_480x832_ms"), "wan_encode_480x832_ms": runs.get("wan_encode_480x832_ms"),
+        "wan_decode_480x832_ms": get("wan_vae_480x832_ms", "decode_12_frames"),
+        "wan_encode_480x832_ms": get("wan_vae_480x832_ms", "encode_12_frames"),
         "fp8_speedup_480x832": round(bf16 / fp8, 3) if fp8 and bf16 else None,
         "fp8_rel_error_chunk_1": get("fp8_vs_bf16_rel_error", "chunk_1"),
         "fp8_rel_error_chunk_50": get("fp8_vs_bf16_rel_error", "chunk_50"),
