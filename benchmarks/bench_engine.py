@@ -394,9 +394,13 @@ def main(argv=None) -> int:
                              f"not {results['commit']} on {results['device']}")
         results["runs"].update(earlier["runs"])
 
+    os.makedirs(args.out, exist_ok=True)
+
     def record(name, value):
         results["runs"][name] = value
         print(name, json.dumps(value), flush=True)
+        with open(os.path.join(args.out, "results.json"), "w") as handle:  # kept if a later section dies
+            json.dump(results, handle, indent=2)
 
     for height, width in sizes:
         tag = f"{height}x{width}"
@@ -429,7 +433,6 @@ def main(argv=None) -> int:
                                                                   chunks=eager_chunks, fast=cuda, policy=name))
     height, width = sizes[0]
     if "profile" in sections and cuda:
-        os.makedirs(args.out, exist_ok=True)
         for vace in (False, True):
             print(profile_chunk(model, height, width, vace, args.out), flush=True)
     if "compare" in sections:
@@ -466,7 +469,6 @@ def main(argv=None) -> int:
             record(f"wan_vae_{height}x{width}_ms", time_wan_vae(height, width, args.smoke))
     if "session" in sections and cuda:
         record("session_sync_free", time_session_sync_free(model, *sizes[-1], 10))
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)
     with open(os.path.join(args.out, "summary.json"), "w") as handle:
