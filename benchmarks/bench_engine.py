@@ -457,6 +457,9 @@ def main(argv=None) -> int:
         errors = compare_paths(model, fp8, height, width, False, 2 if args.smoke else 50, cuda, cuda)
         record("fp8_vs_bf16_rel_error", {"chunk_1": errors[0], "chunk_50": errors[-1], "all": errors})
         del fp8
+    if "vae" in sections:
+        for height, width in sizes:
+            record(f"wan_vae_{height}x{width}_ms", time_wan_vae(height, width, args.smoke))
     if "e2e" in sections:
         for height, width in sizes:
             for vace, decoder in ((True, "tiny"), (False, "tiny"), (False, "wan")):
@@ -464,9 +467,6 @@ def main(argv=None) -> int:
                     record(f"e2e_{'vace' if vace else 't2v'}_{decoder}{'_async' if overlap else ''}_{height}x{width}",
                            time_end_to_end(model, height, width, vace, decoder, 2 if args.smoke else 30, args.smoke,
                                            cuda, overlap))
-    if "vae" in sections:
-        for height, width in sizes:
-            record(f"wan_vae_{height}x{width}_ms", time_wan_vae(height, width, args.smoke))
     if "session" in sections and cuda:
         record("session_sync_free", time_session_sync_free(model, *sizes[-1], 10))
     with open(os.path.join(args.out, "results.json"), "w") as handle:
