@@ -99,7 +99,7 @@ class ChunkGraphs:
         # the cache's variant: e.g. deep_forcing compresses on the first forward of some chunks only
         key = (need_output, len(vace), self.stream.cache.replay_variant(step))
         if len(vace) not in self._contexts:  # contexts and strengths: a new strength is a fill, not a new graph
-            self._contexts[len(vace)] = [(torch.zeros_like(item.context), torch.zeros((), device=self.x.device))
+            self._contexts[len(vace)] = [(torch.zeros_like(item.context), torch.zeros((), dtype=torch.float32, device=self.x.device))
                                          for item in vace]
         inputs = self._contexts[len(vace)]
         self.x.copy_(x)
