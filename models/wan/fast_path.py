@@ -99,8 +99,8 @@ class ChunkGraphs:
         # the cache's variant: e.g. deep_forcing compresses on the first forward of some chunks only
         key = (need_output, len(vace), self.stream.cache.replay_variant(step))
         if len(vace) not in self._contexts:  # contexts and strengths: a new strength is a fill, not a new graph
-            self._contexts[len(vace)] = [(torch.zeros_like(item.context), torch.zeros((), dtype=torch.float32, device=self.x.device))
-                                         for item in vace]
+            strength = torch.zeros((), dtype=torch.float32, device=self.x.device)
+            self._contexts[len(vace)] = [(torch.zeros_like(item.context), strength.clone()) for item in vace]
         inputs = self._contexts[len(vace)]
         self.x.copy_(x)
         for static, value in zip(self.time, self.stream._time[step]):

@@ -76,7 +76,9 @@ def combine_hints(per_context: list, scales: list) -> list:
     new strength recompiles nothing); several are summed here, sum_j scale_j * hints_j, with scale 1."""
     device = per_context[0][0].device
     if len(per_context) == 1:  # a replayed graph passes its static strength tensor
-        scale = scales[0] if torch.is_tensor(scales[0]) else torch.full((), float(scales[0]), dtype=torch.float32, device=device)
+        scale = scales[0]
+        if not torch.is_tensor(scale):
+            scale = torch.full((), float(scale), dtype=torch.float32, device=device)
         return [(h, scale) for h in per_context[0]]
     total = [h.float() * scales[0] for h in per_context[0]]
     for hints, scale in zip(per_context[1:], scales[1:]):
