@@ -364,6 +364,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="eager,fast,compare,attention,fp8,e2e,vae,session",
                         help="comma-separated sections to run")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse)")
+    parser.add_argument("--e2e-rows", default="all", choices=("all", "summary"),
+                        help="end-to-end rows: every size x control x decoder, or only those summary.json tracks")
     parser.add_argument("--merge", default=None,
                         help="results.json of an earlier part of this run (same commit and device): its rows join "
                              "this part's, so one summary.json covers a run split over several calls")
@@ -463,6 +465,8 @@ def main(argv=None) -> int:
     if "e2e" in sections:
         for height, width in sizes:
             for vace, decoder in ((True, "tiny"), (False, "tiny"), (False, "wan")):
+                if args.e2e_rows == "summary" and (vace != ((height, width) == (368, 640))):
+                    continue  # summary.json tracks VACE at 368x640 and T2V at 480x832
                 for overlap in (False, True):  # decode after each chunk, or beside the next chunk's DiT
                     record(f"e2e_{'vace' if vace else 't2v'}_{decoder}{'_async' if overlap else ''}_{height}x{width}",
                            time_end_to_end(model, height, width, vace, decoder, 2 if args.smoke else 30, args.smoke,
