@@ -21,6 +21,7 @@ import logging
 
 import torch
 
+from . import triton_kernels
 from .rope import RotaryTable
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def compile_blocks(model, mode: str = None, backend: str = "inductor") -> None:
     # cover the distinct shapes a process meets (sizes x chunk / reference token counts)
     if torch._dynamo.config.recompile_limit < 64:
         torch._dynamo.config.recompile_limit = 64
+    if triton_kernels.available() and torch.cuda.is_available():
+        triton_kernels.register_ops()  # compiled regions call the registered ops (see triton_kernels.register_ops)
     for block in list(model.blocks) + list(getattr(model, "vace_blocks", None) or []):
         key = (type(block), mode, backend)
         if key not in _COMPILED:

@@ -105,15 +105,27 @@ def norm_rope_fits(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads:
                                                  and t.dtype == torch.float32 for t in (cos, sin)) and available())
 
 
+def register_ops() -> None:
+    """Build and register both ops (once). Call it outside compiled code: traced code must only call the
+    registered torch.ops, as Dynamo cannot trace Triton's own set-up (it would break the graph there)."""
+    _op()
+    _norm_rope_op()
+
+
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
                   heads: int) -> torch.Tensor:
     """RMSNorm(x) * weight over the full width, split into heads and rotated by (cos, sin): [B, L, width] ->
     [B, L, heads, width / heads], computed in float32 and rounded once (CUDA; see norm_rope_fits)."""
+    if not torch.compiler.is_compiling():
+        register_ops()
     if x.shape[0] != 1:
         cos, sin = cos.expand(x.shape[0], *cos.shape[1:]), sin.expand(x.shape[0], *sin.shape[1:])
-    return _norm_rope_op()(x.contiguous(), weight.contiguous(), eps, cos.contiguous(), sin.contiguous(), heads)
+    return torch.ops.streamvace.rms_norm_rope(x.contiguous(), weight.contiguous(), eps, cos.contiguous(),
+                                              sin.contiguous(), heads)
 
 
 def quantize_rows_e4m3(x: torch.Tensor, gelu: bool = False) -> tuple:
     """x [M, K] (CUDA) -> (e4m3 values, float32 scales [M, 1]) of x, or of GELU(x) with gelu=True."""
-    return _op()(x.contiguous(), gelu)
+    if not torch.compiler.is_compiling():
+        register_ops()
+    return torch.ops.streamvace.quantize_rows_e4m3(x.contiguous(), gelu)
