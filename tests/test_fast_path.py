@@ -2,6 +2,9 @@
 static-buffer forwards that CUDA graphs replay equal the eager loop (benchmarks/bench_engine.py checks
 the captured graphs themselves on a GPU)."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -42,6 +45,21 @@ def test_static_buffer_forwards_equal_the_eager_loop(policy, vace):
     # one graph per kind of forward (denoising, cache pass): a new VACE strength is a fill of its static buffer
     assert len(stream._graphs._graphs) == 2, list(stream._graphs._graphs)
     torch.testing.assert_close(static, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dropped_stream_frees_its_cache_at_once():
+    # the graphs link back to their stream weakly: a cycle would hold the KV cache (and on CUDA the graph
+    # pool) after the node drops the stream, until Python's cyclic collector happened to run
+    model = tiny_model(vace=True)
+    gc.disable()
+    try:
+        _, stream = _run(model, "longlive", 6, static=True, vace=True)
+        assert stream._graphs._graphs, "the steady-state chunks must have gone through the static buffers"
+        stream_ref, cache_ref = weakref.ref(stream), weakref.ref(stream.cache)
+        del stream
+        assert stream_ref() is None and cache_ref() is None
+    finally:
+        gc.enable()
 
 
 def test_static_forwards_write_the_slots_of_each_ring_phase():

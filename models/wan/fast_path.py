@@ -18,6 +18,7 @@ Two layers, each optional, each exact to the eager loop up to kernel round-off:
 
 import dataclasses
 import logging
+import weakref
 
 import torch
 
@@ -62,7 +63,9 @@ class ChunkGraphs:
     def __init__(self, stream, capture: bool = True):
         s, cache = stream, stream.cache
         self.capture = capture  # False: the same static-buffer forwards, run eagerly (tests on the CPU)
-        self.stream = s
+        # a weak link back: the stream owns these graphs, and a cycle would keep its KV cache and graph memory
+        # alive after the stream is dropped, until Python's cyclic collector happens to run
+        self._stream = weakref.ref(s)
         self.weights = s.weight_addresses()  # the graphs are valid while the weights stay where they are
         self.x = torch.zeros(s.latent_shape, dtype=torch.float32, device=s.device)
         e, e0 = s._time[0]
@@ -77,6 +80,11 @@ class ChunkGraphs:
         self._contexts = {}
         self._graphs = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
+
+    @property
+    def stream(self):
+        """The stream these graphs belong to."""
+        return self._stream()
 
     def prepare_chunk(self, slots, rope: RotaryTable) -> None:
         """Point the graphs at this chunk: its cache slots and RoPE table (device copies only)."""
@@ -115,18 +123,21 @@ class ChunkGraphs:
             self._graphs[key] = self._capture([dataclasses.replace(item, context=context, scale=scale)
                                                for item, (context, scale) in zip(vace, inputs)], need_output)
         graph, out = self._graphs[key]
-        if graph is None:
-            return out()
+        if graph is None:  # not captured (CPU tests): out holds the static VACE inputs to run with
+            return self._run(out, need_output)
         graph.replay()
         return out
 
-    def _capture(self, vace, need_output):
-        def run():
-            return self.stream._forward(self.x, None, self.attends, self.rope, vace, need_output=need_output,
-                                        time=self.time, text_kv=self.text_kv)
+    def _run(self, vace, need_output):
+        return self.stream._forward(self.x, None, self.attends, self.rope, vace, need_output=need_output,
+                                    time=self.time, text_kv=self.text_kv)
 
-        if not self.capture:
-            return None, run
+    def _capture(self, vace, need_output):
+        if not self.capture:  # no closure kept over self: the graphs hold no cycle (see __init__)
+            return None, vace
+
+        def run():
+            return self._run(vace, need_output)
         log.info("StreamVACE: capturing the CUDA graph of a %s forward", "denoising" if need_output else "cache-pass")
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
