@@ -42,11 +42,11 @@ only public code we found is the adaptation in zengqunzhao/Relax-Forcing (`wan/m
 Buffers are allocated once; a chunk only writes slots outside the committed state (ring slots of dead
 frames and scratch copies of the top-C tokens and query tails), and `commit` copies the scratch into the
 committed buffers on the device, so an interrupted chunk leaves the stream exactly as it was. No host
-syncs: positions, masks and top-C come from device ops (torch.topk into preallocated buffers); per-chunk
+syncs: positions, kept slots and top-C come from device ops (torch.topk into preallocated buffers); per-chunk
 tensors depend only on positions relative to the chunk, so they are built once per layout (a few, cycled
 in the steady state). Steady chunks replay from CUDA graphs (models/wan/fast_path.py): their forwards read
 static buffers refilled per chunk by device copies (the key rotation of the ring phase, Deep Forcing's
-masks and positions, the chunk's first frame), and Deep Forcing's compressing first forward is a graph
+kept slots and positions, the chunk's first frame), and Deep Forcing's compressing first forward is a graph
 variant of its own.
 """
 
@@ -205,8 +205,10 @@ class _Plan:
 
     compress: bool
     history_shift: int  # first history frame once this chunk is committed, minus the chunk's first frame
+    attends_top: bool  # the top-C tokens are attended (once a compression has chosen them)
     main_rotary: TokenRotary  # raw [sink | ring] keys -> keys at their positions relative to the chunk
-    mask: torch.Tensor  # [1, 1, 1, sink + ring + top tokens]: True = attend
+    keep: torch.Tensor  # [kept tokens]: the [sink | ring] slots attended, in order (no mask: see _attend)
+    kept_rotary: TokenRotary  # main_rotary's rows of the kept slots
     candidates: torch.Tensor  # [top + sink + ring tokens]: True = may be kept by the compression
     main_place: torch.Tensor  # [sink + ring tokens]: frame held by each slot, relative to the chunk's first
 
@@ -244,6 +246,7 @@ class DeepForcingCache(KVCache):
         self.tail_shift = TokenRotary(token_angles(head_dim, zero - chunk_frames, zero, zero))
         self._plans = {}  # relative layout -> _Plan tensors, built once each
         self._replay = None  # static copies of a plan's tensors that replayed forwards read
+        self._replay_kept = {}  # count of kept slots -> static (keep, kept_rotary): the count is part of the variant
         self._replay_plan = self._variant = None
         self.reset()
 
@@ -257,7 +260,7 @@ class DeepForcingCache(KVCache):
         return QueryRotary.for_grid(head_dim, 0, *grid, device=device)
 
     def plan(self, slots: ChunkSlots) -> _Plan:
-        """The chunk's compression decision, positions and masks (Python ints; tensors memoised by layout)."""
+        """The chunk's compression decision, positions and kept slots (Python ints; tensors memoised by layout)."""
         p, n, tpf = self.policy, slots.num_frames, self.tokens_per_frame
         start, sink, ring = slots.start_frame, p.sink_frames, self.ring_frames
         compressed = self.compressed_at is not None
@@ -278,10 +281,13 @@ class DeepForcingCache(KVCache):
                 return _per_token(tpf, device_ints(flags, device).bool())
 
             main_place = device_ints(place, device)
+            main_rotary = TokenRotary(rope_angles(self.head_dim, main_place, *self.frame_grid))
+            kept_slots = device_ints([slot for slot, ok in enumerate(valid) if ok], device)
+            keep = (kept_slots[:, None] * tpf + torch.arange(tpf, device=device)).flatten()
             self._plans[key] = _Plan(
-                compress=compress, history_shift=history_start - start,
-                main_rotary=TokenRotary(rope_angles(self.head_dim, main_place, *self.frame_grid)),
-                mask=torch.cat([per_token(valid), per_token((compress or compressed,) * p.top_frames)])[None, None, None],
+                compress=compress, history_shift=history_start - start, attends_top=compress or compressed,
+                main_rotary=main_rotary, keep=keep,
+                kept_rotary=TokenRotary.from_tables(main_rotary.cos[keep], main_rotary.sin[keep]),
                 candidates=torch.cat([per_token((compressed,) * p.top_frames), per_token(candidate)]),
                 main_place=_per_token(tpf, main_place))
         return self._plans[key]
@@ -311,16 +317,19 @@ class DeepForcingCache(KVCache):
     def _attend(self, layer: int, plan: _Plan, compress_now: bool, q, k, v) -> torch.Tensor:
         """After the chunk's k/v are written: compress if this is the compressing forward, record the query
         tail, attend over sink + history + chunk + top-C, each key at its position relative to the chunk."""
-        main_keys = plan.main_rotary.apply(self.keys[layer])
         if compress_now:
-            self._compress(layer, plan, q, main_keys)
+            self._compress(layer, plan, q, plan.main_rotary.apply(self.keys[layer]))
         tail_tokens = (self.policy.recent_frames - self.chunk_frames) * self.tokens_per_frame
         torch.sum(q[:, q.shape[1] - tail_tokens:].float(), 1, out=self.query_tail[layer, 1])
-        buffer = 1 if plan.compress else 0
-        top_keys = self._top_rotary(layer, buffer).apply(self.top_keys[layer, buffer])
-        keys = torch.cat([main_keys, top_keys], dim=1)
-        values = torch.cat([self.values[layer], self.top_values[layer, buffer]], dim=1)
-        return attention(q, keys, values, plan.mask, backend=self.backend)
+        # only the attended slots are gathered and rotated: attention with no mask runs on the fastest kernel
+        # (with a boolean mask PyTorch falls back to its memory-efficient one, ~3x slower on Hopper)
+        keys = plan.kept_rotary.apply(self.keys[layer].index_select(1, plan.keep))
+        values = self.values[layer].index_select(1, plan.keep)
+        if plan.attends_top:
+            buffer = 1 if plan.compress else 0
+            keys = torch.cat([keys, self._top_rotary(layer, buffer).apply(self.top_keys[layer, buffer])], dim=1)
+            values = torch.cat([values, self.top_values[layer, buffer]], dim=1)
+        return attention(q, keys, values, backend=self.backend)
 
     def attend_fn(self, layer: int, slots: ChunkSlots):
         """Write the chunk's raw k/v; on the chunk's first forward compress if due; attend (see _attend)."""
@@ -341,8 +350,7 @@ class DeepForcingCache(KVCache):
         if self._replay is None:
             main, top, device = self.keys.shape[2], self.top_tokens, self.keys.device
             cos = torch.zeros(main, 1, self.head_dim // 2, device=device)
-            self._replay = dict(mask=torch.zeros(1, 1, 1, main + top, dtype=torch.bool, device=device),
-                                candidates=torch.zeros(top + main, dtype=torch.bool, device=device),
+            self._replay = dict(candidates=torch.zeros(top + main, dtype=torch.bool, device=device),
                                 main_place=torch.zeros(main, dtype=torch.long, device=device),
                                 main_rotary=TokenRotary.from_tables(cos, cos.clone()))
 
@@ -350,8 +358,9 @@ class DeepForcingCache(KVCache):
             def attend(q, k, v):
                 self.keys[layer].index_copy_(1, index, k)
                 self.values[layer].index_copy_(1, index, v)
-                compress_now, compress = self._variant
-                plan = _Plan(compress=compress, history_shift=None, **self._replay)
+                compress_now, compress, attends_top, kept = self._variant
+                plan = _Plan(compress=compress, history_shift=None, attends_top=attends_top,
+                             **self._replay, **self._replay_kept[kept])
                 return self._attend(layer, plan, compress_now, q, k, v)
 
             return attend
@@ -362,15 +371,23 @@ class DeepForcingCache(KVCache):
         """Copy the chunk's plan tensors and first frame into the static buffers replayed forwards read."""
         plan = self._replay_plan = self.plan(slots)
         self.start.fill_(slots.start_frame)
-        for name in ("mask", "candidates", "main_place"):
+        kept = len(plan.keep)
+        if kept not in self._replay_kept:  # once per count of kept slots (a few, cycled in the steady state)
+            self._replay_kept[kept] = dict(keep=torch.zeros_like(plan.keep), kept_rotary=TokenRotary.from_tables(
+                torch.zeros_like(plan.kept_rotary.cos), torch.zeros_like(plan.kept_rotary.sin)))
+        static = self._replay_kept[kept]
+        for name in ("candidates", "main_place"):
             self._replay[name].copy_(getattr(plan, name))
-        self._replay["main_rotary"].cos.copy_(plan.main_rotary.cos)
-        self._replay["main_rotary"].sin.copy_(plan.main_rotary.sin)
+        static["keep"].copy_(plan.keep)
+        for source, target in ((plan.main_rotary, self._replay["main_rotary"]), (plan.kept_rotary, static["kept_rotary"])):
+            target.cos.copy_(source.cos)
+            target.sin.copy_(source.sin)
 
     def replay_variant(self, step: int):
-        """(compresses in this forward, attends to the new top-C): the chunk's first forward compresses if due."""
+        """(compresses in this forward, attends to the new top-C, attends to any top-C, slots kept): the chunk's
+        first forward compresses if due; each count of kept slots is a graph of its own (static shapes)."""
         plan = self._replay_plan
-        self._variant = (plan.compress and step == 0, plan.compress)
+        self._variant = (plan.compress and step == 0, plan.compress, plan.attends_top, len(plan.keep))
         return self._variant
 
     def recache_attend_fn(self, layer: int, slots: ChunkSlots, index: torch.Tensor):
