@@ -67,6 +67,23 @@ def test_forward_equals_diffusers(tmp_path, inputs, vace):
     assert rel_err(_out(ours, inputs, vace), expected) <= 1e-4
 
 
+
+def test_several_vace_contexts_add_their_own_strength_weighted_hints(inputs):
+    # several controls are summed outside the blocks (combine_hints); the one-context path is the one diffusers
+    # checks above, so each context with the other at strength 0 must equal it alone, and order must not matter
+    model = tiny_model(vace=True)
+    first, second = inputs["context"], torch.randn(inputs["context"].shape, generator=torch.Generator().manual_seed(9))
+
+    def out(contexts, scales):
+        with torch.no_grad():
+            return model(inputs["latents"], inputs["timesteps"], inputs["text"], vace_context=contexts,
+                         vace_scales=scales)
+
+    torch.testing.assert_close(out([first, second], [0.7, 0.0]), out([first], [0.7]))
+    torch.testing.assert_close(out([first, second], [0.0, 0.4]), out([second], [0.4]))
+    torch.testing.assert_close(out([first, second], [0.7, 0.4]), out([second, first], [0.4, 0.7]))
+    assert not torch.allclose(out([first, second], [0.7, 0.4]), out([first, second], [0.4, 0.7]))
+
 def test_diffusers_naming_in_a_sharded_folder_loads(tmp_path, inputs):
     original = tiny_model(vace=True)
     converted = convert_wan_transformer_to_diffusers({k: v.clone() for k, v in original.state_dict().items()})
