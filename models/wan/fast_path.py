@@ -84,7 +84,10 @@ class ChunkGraphs:
     @property
     def stream(self):
         """The stream these graphs belong to."""
-        return self._stream()
+        stream = self._stream()
+        if stream is None:
+            raise RuntimeError("these CUDA graphs belong to a stream that was dropped; use the stream's own")
+        return stream
 
     def prepare_chunk(self, slots, rope: RotaryTable) -> None:
         """Point the graphs at this chunk: its cache slots and RoPE table (device copies only)."""

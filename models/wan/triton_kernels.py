@@ -106,18 +106,24 @@ def norm_rope_fits(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads:
 
 
 def register_ops() -> None:
-    """Build and register both ops (once). Call it outside compiled code: traced code must only call the
-    registered torch.ops, as Dynamo cannot trace Triton's own set-up (it would break the graph there)."""
+    """Build and register both ops (once). Traced code must only call the registered torch.ops: Dynamo cannot
+    trace Triton's own set-up (it would break the graph there), so compiled code reaches this through
+    _ops_registered, which Dynamo runs as plain Python."""
     _op()
     _norm_rope_op()
+
+
+@torch.compiler.assume_constant_result  # run as plain Python, also when traced: any first call may be compiled
+def _ops_registered() -> bool:
+    register_ops()
+    return True
 
 
 def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
                   heads: int) -> torch.Tensor:
     """RMSNorm(x) * weight over the full width, split into heads and rotated by (cos, sin): [B, L, width] ->
     [B, L, heads, width / heads], computed in float32 and rounded once (CUDA; see norm_rope_fits)."""
-    if not torch.compiler.is_compiling():
-        register_ops()
+    _ops_registered()
     if x.shape[0] != 1:
         cos, sin = cos.expand(x.shape[0], *cos.shape[1:]), sin.expand(x.shape[0], *sin.shape[1:])
     return torch.ops.streamvace.rms_norm_rope(x.contiguous(), weight.contiguous(), eps, cos.contiguous(),
@@ -126,6 +132,5 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.
 
 def quantize_rows_e4m3(x: torch.Tensor, gelu: bool = False) -> tuple:
     """x [M, K] (CUDA) -> (e4m3 values, float32 scales [M, 1]) of x, or of GELU(x) with gelu=True."""
-    if not torch.compiler.is_compiling():
-        register_ops()
+    _ops_registered()
     return torch.ops.streamvace.quantize_rows_e4m3(x.contiguous(), gelu)

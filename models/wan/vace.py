@@ -23,7 +23,7 @@ class VaceInput:
     """One VACE control for a chunk: its 96-channel context [B, 96, F, h, w], a strength, optional references."""
 
     context: torch.Tensor
-    scale: float = 1.0  # or a 0-d device tensor (the CUDA graphs' static strength)
+    scale: float = 1.0  # a float, or a 0-d tensor on the model's device (the CUDA graphs' static strength)
     reference: object = None  # a models.vace_reference.VaceReference
 
 
