@@ -379,7 +379,8 @@ class DeepForcingCache(KVCache):
         for name in ("candidates", "main_place"):
             self._replay[name].copy_(getattr(plan, name))
         static["keep"].copy_(plan.keep)
-        for source, target in ((plan.main_rotary, self._replay["main_rotary"]), (plan.kept_rotary, static["kept_rotary"])):
+        rotaries = ((plan.main_rotary, self._replay["main_rotary"]), (plan.kept_rotary, static["kept_rotary"]))
+        for source, target in rotaries:
             target.cos.copy_(source.cos)
             target.sin.copy_(source.sin)
 
