@@ -327,10 +327,31 @@ def profile_chunk(model, height, width, vace, out_dir, name="profile"):
         for _ in range(2):
             stream.next_chunk(controls)
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    events = prof.key_averages()
+    table = events.table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=110)
+    table += "\n" + _kernel_categories(events, chunks=2)
     with open(os.path.join(out_dir, f"{name}_{'vace' if vace else 't2v'}_{height}x{width}.txt"), "w") as handle:
         handle.write(table)
     return table
+
+
+_CATEGORIES = (("attention", ("flash", "fmha", "cudnn", "sdpa", "attention")),
+               ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "cublas")),
+               ("triton", ("triton",)))
+
+
+def _kernel_categories(events, chunks):
+    """GPU ms per chunk and launches per chunk of each kernel family, so time outside attention and matmuls shows."""
+    totals = {}
+    for event in events:
+        if event.device_time_total <= 0 or not event.key or event.key.startswith(("ProfilerStep", "cuda")):
+            continue
+        name = event.key.lower()
+        family = next((f for f, marks in _CATEGORIES if any(m in name for m in marks)), "other")
+        ms, count = totals.get(family, (0.0, 0))
+        totals[family] = (ms + event.self_device_time_total / 1000 / chunks, count + event.count // chunks)
+    lines = [f"{family:10s} {ms:8.1f} ms/chunk {count:7d} kernels/chunk" for family, (ms, count) in sorted(totals.items())]
+    return "\n".join(lines) + "\n"
 
 
 def time_wan_vae(height, width, smoke):
