@@ -315,6 +315,40 @@ def test_cache_pass_writes_the_keys_of_a_t0_forward():
         assert rel_err(stream.cache.values[layer, :, :tokens], v) <= 1e-5
 
 
+@pytest.mark.parametrize("policy", ["longlive", "infinity", "deep_forcing"])
+@pytest.mark.parametrize("replayed", [False, True], ids=["eager", "static-buffers"])
+def test_the_cache_pass_stops_its_last_block_at_the_cache_write(policy, replayed, monkeypatch):
+    """Nothing reads the cache pass's output, so its last block writes its K/V and runs no attention nor the
+    rest of the block: one attention kernel and one block's matmuls less per chunk (the K/V test above and the
+    streaming-invariant tests check that the stream is unchanged)."""
+    import streamvace.models.wan.kv_cache as kv_cache
+    import streamvace.models.wan.long_horizon as long_horizon
+
+    model = tiny_model()
+    stream = WanStream(model, StreamConfig(height=HEIGHT, width=WIDTH, policy=cache_policy(policy), seed=3))
+    stream.cuda_graphs, stream._capture_graphs = replayed, False  # static-buffer forwards, run eagerly on the CPU
+    stream.set_prompt(torch.randn(1, 4, TEXT_DIM))
+    for _ in range(10):  # past the ring wrap (and deep_forcing's first compressions): steady chunks
+        stream.next_chunk()
+    calls = {"attention": 0, "last block outputs": 0}
+
+    last = model.blocks[-1]
+
+    def counted(name, fn, only_for=None):
+        def wrapper(*args, **kwargs):
+            calls[name] += only_for is None or args[0] is only_for
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for module in (kv_cache, long_horizon):
+        monkeypatch.setattr(module, "attention", counted("attention", module.attention))
+    outputs = type(last).attention_outputs
+    monkeypatch.setattr(type(last), "attention_outputs", counted("last block outputs", outputs, only_for=last))
+    stream.next_chunk()
+    forwards = len(stream.sigmas) + 1
+    assert calls == {"attention": forwards * len(model.blocks) - 1, "last block outputs": len(stream.sigmas)}
+
+
 def _first_wrapping_chunk(policy, capacity_frames):
     """The first chunk whose frames do not all fit the cache's slots unused so far (the ring wraps)."""
     return next(c for c in range(100) if 3 * (c + 1) > capacity_frames)

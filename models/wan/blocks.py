@@ -14,8 +14,9 @@ import torch.nn as nn
 from .attention import attention
 from .rope import RotaryTable
 
-# attend(q, k, v) -> out: full-sequence attention with a mask, or the KV cache's write-then-attend.
-AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# attend(q, k, v) -> out: full-sequence attention with a mask, or the KV cache's write-then-attend. A KV cache's
+# attend also takes need_output=False: write (and record) only, return None (a cache pass's last block).
+AttendFn = Callable[..., torch.Tensor]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -105,14 +106,15 @@ class WanBlock(nn.Module):
     regions = None  # (attention_inputs, attention_outputs) compiled for all blocks (models/wan/fast_path.py)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, text_kv: tuple, rope: RotaryTable,
-                attend: AttendFn, hint: tuple = None) -> torch.Tensor:
+                attend: AttendFn, hint: tuple = None, keys_only: bool = False) -> torch.Tensor:
         """x [B, L, dim] float32, e0 [B, F_e, 6, dim] float32 -> updated x (+ hint * scale for a VACE
-        (hint, scale) pair)."""
-        if self.regions is None:
-            q, k, v = self.attention_inputs(x, e0, rope)
-            return self.attention_outputs(x, attend(q, k, v), e0, text_kv, hint)
-        inputs, outputs = self.regions
+        (hint, scale) pair). keys_only: stop after the KV-cache write and return x unchanged (the last block of
+        a cache pass, whose output nothing reads: one attention and one block's matmuls less per chunk)."""
+        inputs, outputs = self.regions or (type(self).attention_inputs, type(self).attention_outputs)
         q, k, v = inputs(self, x, e0, rope)
+        if keys_only:
+            attend(q, k, v, need_output=False)
+            return x
         return outputs(self, x, attend(q, k, v), e0, text_kv, hint)
 
     # The block is split at the self-attention so that the parts around it (all the elementwise work:

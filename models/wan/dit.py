@@ -172,11 +172,16 @@ class WanDiT(nn.Module):
 
     # ---- the network --------------------------------------------------------------------------------
     def run_blocks(self, x: torch.Tensor, e0: torch.Tensor, text_kvs: list, rope: RotaryTable,
-                   attends: list, hints: list = None) -> torch.Tensor:
-        """All base blocks on tokens x (float32); the paired blocks add their VACE (hint, scale) (combine_hints)."""
+                   attends: list, hints: list = None, need_output: bool = True) -> torch.Tensor:
+        """All base blocks on tokens x (float32); the paired blocks add their VACE (hint, scale) (combine_hints).
+
+        need_output=False (a KV-cache pass, `attends` writing the cache): only the K/V count, so the last block
+        stops at its cache write and the returned tokens are not the model's.
+        """
         hint_at = dict(zip(self.vace_layers, hints)) if hints else {}
+        last = len(self.blocks) - 1
         for i, (block, text_kv, attend) in enumerate(zip(self.blocks, text_kvs, attends)):
-            x = block(x, e0, text_kv, rope, attend, hint_at.get(i))
+            x = block(x, e0, text_kv, rope, attend, hint_at.get(i), keys_only=not need_output and i == last)
         return x
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, *,

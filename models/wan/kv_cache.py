@@ -221,9 +221,10 @@ class KVCache:
         """attend(q, k, v) for one layer: write the chunk's k/v into its slots, attend over the filled prefix."""
         keys, values = self.keys[layer], self.values[layer]
 
-        def attend(q, k, v):
+        def attend(q, k, v, need_output=True):
             self._write(layer, slots, k, v)
-            return attention(q, keys[:, :slots.attend_tokens], values[:, :slots.attend_tokens], backend=self.backend)
+            if need_output:
+                return attention(q, keys[:, :slots.attend_tokens], values[:, :slots.attend_tokens], backend=self.backend)
 
         return attend
 
@@ -246,10 +247,11 @@ class KVCache:
         CUDA graph serves every ring phase), then attend over the whole buffer."""
         keys, values = self.keys[layer], self.values[layer]
 
-        def attend(q, k, v):
+        def attend(q, k, v, need_output=True):
             keys.index_copy_(1, index, k)
             values.index_copy_(1, index, v)
-            return attention(q, keys, values, backend=self.backend)
+            if need_output:
+                return attention(q, keys, values, backend=self.backend)
 
         return attend
 
@@ -298,9 +300,10 @@ class KVCache:
         frames sit in the ring). Gathers tokens: for rare prompt switches, not the chunk loop."""
         keys, values = self.keys[layer], self.values[layer]
 
-        def attend(q, k, v):
+        def attend(q, k, v, need_output=True):
             self._write(layer, slots, k, v)
-            return attention(q, keys[:, index], values[:, index], backend=self.backend)
+            if need_output:
+                return attention(q, keys[:, index], values[:, index], backend=self.backend)
 
         return attend
 

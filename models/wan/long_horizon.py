@@ -151,10 +151,11 @@ class InfinityCache(KVCache):
         keys, values = self.keys[layer], self.values[layer]
         rotary = self._key_rotary(slots)
 
-        def attend(q, k, v):
+        def attend(q, k, v, need_output=True):
             self._write(layer, slots, k, v)
             n = slots.attend_tokens
-            return attention(q, rotary.apply(keys[:, :n]), values[:, :n], backend=self.backend)
+            if need_output:
+                return attention(q, rotary.apply(keys[:, :n]), values[:, :n], backend=self.backend)
 
         return attend
 
@@ -169,10 +170,11 @@ class InfinityCache(KVCache):
         def make(layer):
             keys, values = self.keys[layer], self.values[layer]
 
-            def attend(q, k, v):
+            def attend(q, k, v, need_output=True):
                 keys.index_copy_(1, index, k)
                 values.index_copy_(1, index, v)
-                return attention(q, rotary.apply(keys), values, backend=self.backend)
+                if need_output:
+                    return attention(q, rotary.apply(keys), values, backend=self.backend)
 
             return attend
 
@@ -191,9 +193,10 @@ class InfinityCache(KVCache):
         places = torch.arange(frames, device=keys.device) - (frames - slots.num_frames)
         rotary = TokenRotary(rope_angles(self.head_dim, places, *self.frame_grid))
 
-        def attend(q, k, v):
+        def attend(q, k, v, need_output=True):
             self._write(layer, slots, k, v)
-            return attention(q, rotary.apply(keys[:, index]), values[:, index], backend=self.backend)
+            if need_output:
+                return attention(q, rotary.apply(keys[:, index]), values[:, index], backend=self.backend)
 
         return attend
 
@@ -314,13 +317,15 @@ class DeepForcingCache(KVCache):
         for buffer, main in ((self.top_frame, frames), (self.top_token, self.main_token)):
             torch.gather(torch.cat([buffer[layer, 0], main.expand(batch, -1)], dim=1), 1, chosen, out=buffer[layer, 1])
 
-    def _attend(self, layer: int, plan: _Plan, compress_now: bool, q, k, v) -> torch.Tensor:
+    def _attend(self, layer: int, plan: _Plan, compress_now: bool, q, k, v, need_output=True) -> torch.Tensor:
         """After the chunk's k/v are written: compress if this is the compressing forward, record the query
         tail, attend over sink + history + chunk + top-C, each key at its position relative to the chunk."""
         if compress_now:
             self._compress(layer, plan, q, plan.main_rotary.apply(self.keys[layer]))
         tail_tokens = (self.policy.recent_frames - self.chunk_frames) * self.tokens_per_frame
         torch.sum(q[:, q.shape[1] - tail_tokens:].float(), 1, out=self.query_tail[layer, 1])
+        if not need_output:
+            return None
         # only the attended slots are gathered and rotated: attention with no mask runs on the fastest kernel
         # (with a boolean mask PyTorch falls back to its memory-efficient one, ~3x slower on Hopper)
         keys = plan.kept_rotary.apply(self.keys[layer].index_select(1, plan.keep))
@@ -337,9 +342,9 @@ class DeepForcingCache(KVCache):
         self.start.fill_(slots.start_frame)
         first = [True]
 
-        def attend(q, k, v):
+        def attend(q, k, v, need_output=True):
             self._write(layer, slots, k, v)
-            out = self._attend(layer, plan, plan.compress and first[0], q, k, v)
+            out = self._attend(layer, plan, plan.compress and first[0], q, k, v, need_output)
             first[0] = False
             return out
 
@@ -355,13 +360,13 @@ class DeepForcingCache(KVCache):
                                 main_rotary=TokenRotary.from_tables(cos, cos.clone()))
 
         def make(layer):
-            def attend(q, k, v):
+            def attend(q, k, v, need_output=True):
                 self.keys[layer].index_copy_(1, index, k)
                 self.values[layer].index_copy_(1, index, v)
                 compress_now, compress, attends_top, kept = self._variant
                 plan = _Plan(compress=compress, history_shift=None, attends_top=attends_top,
                              **self._replay, **self._replay_kept[kept])
-                return self._attend(layer, plan, compress_now, q, k, v)
+                return self._attend(layer, plan, compress_now, q, k, v, need_output)
 
             return attend
 

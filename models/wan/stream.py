@@ -238,7 +238,7 @@ class WanStream:
         text_kv = self.text_kv if text_kv is None else text_kv
         tokens = self.model.patchify(x)
         hints = self._hints(vace, tokens, e0, rope.plain(), text_kv) if vace else None
-        out = self.model.run_blocks(tokens, e0, text_kv[0], rope, attends, hints)
+        out = self.model.run_blocks(tokens, e0, text_kv[0], rope, attends, hints, need_output=need_output)
         # the cache pass only writes K/V: its velocity would be thrown away
         return self.model.unpatchify(self.model.head(out, e), self.grid) if need_output else None
 
