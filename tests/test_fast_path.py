@@ -168,11 +168,16 @@ def test_compiled_regions_fuse_norm_rope_and_gelu_to_the_same_numbers():
     fused = rms_norm_rope(x, norm.weight, 1e-6, table.cos, table.sin, heads)
     assert close(fused, reference) and not torch.equal(reference, table.apply(x.float().unflatten(-1, (heads, -1))))
     compiled = torch.compile(lambda t, h: t.apply_normed(h, norm, heads), fullgraph=True)
-    assert torch.equal(compiled(table, x), fused)
-    assert torch.equal(table.apply_normed(x, norm, heads).float(), reference)  # eager: the reference steps
-    raw_keys = QueryRotary(rope_angles(width // heads, torch.arange(7, 10, device="cuda"), 6, 8))
-    keys = torch.compile(lambda t, h: t.apply_normed_to_keys(h, norm, heads), fullgraph=True)(raw_keys, x)
-    assert torch.equal(keys, norm(x).unflatten(-1, (heads, -1)))  # a table that leaves keys raw still does
+    with torch.no_grad():  # as the engine runs (inference mode)
+        assert torch.equal(compiled(table, x), fused)
+        assert torch.equal(table.apply_normed(x, norm, heads).float(), reference)  # eager: the reference steps
+        raw_keys = QueryRotary(rope_angles(width // heads, torch.arange(7, 10, device="cuda"), 6, 8))
+        keys = torch.compile(lambda t, h: t.apply_normed_to_keys(h, norm, heads), fullgraph=True)(raw_keys, x)
+        assert torch.equal(keys, norm(x).unflatten(-1, (heads, -1)))  # a table that leaves keys raw still does
+    with_grad = compiled(table, x)  # the weight wants a gradient: the kernel has no backward, so the reference steps
+    assert close(with_grad, reference)
+    with_grad.float().square().sum().backward()
+    assert norm.weight.grad is not None and torch.isfinite(norm.weight.grad).all()
 
     linear, gelu = nn.Linear(width, 4 * width).cuda().to(torch.bfloat16), nn.GELU(approximate="tanh")
     expected = gelu(linear(x).float())
