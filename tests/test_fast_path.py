@@ -168,9 +168,16 @@ def test_compiled_regions_fuse_norm_rope_and_gelu_to_the_same_numbers():
     fused = rms_norm_rope(x, norm.weight, 1e-6, table.cos, table.sin, heads)
     assert close(fused, reference) and not torch.equal(reference, table.apply(x.float().unflatten(-1, (heads, -1))))
     compiled = torch.compile(lambda t, h: t.apply_normed(h, norm, heads), fullgraph=True)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
     with torch.no_grad():  # as the engine runs (inference mode)
-        assert torch.equal(compiled(table, x), fused)
-        assert torch.equal(table.apply_normed(x, norm, heads).float(), reference)  # eager: the reference steps
+        out, steps = compiled(table, x), table.apply_normed(x, norm, heads)
+        assert torch.equal(steps.float(), reference)  # eager: the reference steps
+        # compiled: the fused kernel (Inductor builds it with its own options, so last bits may differ), not the
+        # reference's two roundings
+        assert close(out, reference) and rel(out, fused) < rel(steps, fused) / 4, (rel(out, fused), rel(steps, fused))
         raw_keys = QueryRotary(rope_angles(width // heads, torch.arange(7, 10, device="cuda"), 6, 8))
         keys = torch.compile(lambda t, h: t.apply_normed_to_keys(h, norm, heads), fullgraph=True)(raw_keys, x)
         assert torch.equal(keys, norm(x).unflatten(-1, (heads, -1)))  # a table that leaves keys raw still does
