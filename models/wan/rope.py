@@ -79,8 +79,9 @@ class RotaryTable:
         """Rotate norm(x) split into heads: [B, L, width] -> [B, L, heads, head_dim]. Inside compiled regions on
         CUDA one Triton kernel does both (rounded once); elsewhere, and where a gradient is wanted (the kernel has
         no backward), the two steps run as the reference does."""
-        wants_grad = torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad)
-        fused = norm.weight is not None and not wants_grad and triton_kernels.norm_rope_fits(x, self.cos, self.sin, heads)
+        weight = norm.weight
+        wants_grad = torch.is_grad_enabled() and (x.requires_grad or weight is not None and weight.requires_grad)
+        fused = weight is not None and not wants_grad and triton_kernels.norm_rope_fits(x, self.cos, self.sin, heads)
         if torch.compiler.is_compiling() and fused:
             eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps  # as rms_norm in float32
             return triton_kernels.rms_norm_rope(x, norm.weight, eps, self.cos, self.sin, heads)
