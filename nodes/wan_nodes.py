@@ -87,8 +87,8 @@ class StreamVACEModelLoader:
                       "on older ones, fp32 on the CPU. fp8 files are dequantised to it."}),
             "attention": (list(attention_backends.BACKENDS), {"default": "sdpa", "tooltip": "Attention kernel of this "
                                    "model. sdpa: PyTorch picks; sdpa_cudnn / sdpa_flash / sdpa_efficient force one "
-                                   "(benchmarks/RESULTS.md has their speed on H100); flash_attn / sageattention must be "
-                                   "installed (bf16/fp16 only). On an H100 sdpa (cuDNN) is the fastest measured: SageAttention "
+                                   "(benchmarks/RESULTS.md has their speed on H100); flash_attn / flash_attn_3 "
+                                   "(FlashAttention-3, Hopper) / sageattention must be installed (bf16/fp16 only). On an H100 sdpa (cuDNN) is the fastest measured: SageAttention "
                                    "1.0.6 took 1.6x its time, and Daydream Scope disables SageAttention on Hopper "
                                    "after seeing static in the output."}),
         }, "optional": {
